@@ -1,0 +1,51 @@
+# orch: `make demo` runs the quickstart job, `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; on a GPU cluster, e.g. `make install TORCH_SPEC='torch>=2.1'` with your CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration test-slurm slurm-up slurm-down bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/orch submit jobs/quickstart.yaml --wait
+	$(BIN)/orch status
+
+# Unit and integration tests always; SLURM tests run when a cluster answers (`make slurm-up`),
+# and skip with a reason otherwise (CI sets ORCH_REQUIRE_SLURM=1, which turns a skip into a failure).
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
+
+test-slurm: install
+	$(BIN)/python -m pytest -q tests/slurm $(PYTEST_ARGS)
+
+slurm-up:
+	bash tests/slurm/cluster.sh up
+
+slurm-down:
+	bash tests/slurm/cluster.sh down
+
+bench: install
+	$(BIN)/python bench/status_scale.py
+	$(BIN)/python bench/trainer_overhead.py
+	$(BIN)/python bench/preserve_speed.py
+	$(BIN)/python bench/submit_scale.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

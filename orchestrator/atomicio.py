@@ -1,0 +1,144 @@
+"""Crash-safe file writes and tolerant readers for the run folder.
+
+State files are replaced by rename (temp file + fsync + rename), so a reader sees the old or
+the new file, never half of one. JSONL files are appended a line at a time, and readers skip a
+truncated last line (a writer killed mid-line).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> None:
+    """Replace `path` with `data` atomically (same-directory temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str, *, fsync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: Path | str, obj: Any, *, fsync: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", fsync=fsync)
+
+
+def read_json(path: Path | str, default: Any = None) -> Any:
+    """Read a JSON file; `default` when it is missing or unreadable (never raises for those)."""
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return default
+
+
+def append_jsonl(path: Path | str, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write() so concurrent appenders do not interleave."""
+    line = (json.dumps(record, default=str, allow_nan=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def iter_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Yield records, skipping blank, truncated or corrupt lines."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break  # a writer was killed mid-line: ignore the fragment
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
+
+
+def tail_jsonl(path: Path | str, n: int = 1, *, chunk: int = 8192) -> list[dict[str, Any]]:
+    """The last `n` complete records, reading backwards from the end of the file.
+
+    Cost depends on the size of the last records, not on the length of the file, which keeps
+    `orch status` fast on long metrics histories.
+    """
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        buf = b""
+        pos = end
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+            if buf.count(b"\n") > n + 1:
+                break
+    lines = buf.split(b"\n")
+    # the last element is b"" after a complete line, or a fragment of a truncated one
+    lines = lines[:-1]
+    if pos > 0:
+        lines = lines[1:]  # the first may be partial
+    out: list[dict[str, Any]] = []
+    for raw in reversed(lines):
+        if len(out) >= n:
+            break
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    out.reverse()
+    return out
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str, *, blocking: bool = True) -> Iterator[bool]:
+    """An advisory flock held for the block; yields False when non-blocking and taken."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,82 @@
+"""The small interface every backend implements: render, submit, poll many, cancel.
+
+Local and SLURM give the same states and semantics; what differs is how a job script starts.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ..runs import Run
+from ..spec import Spec
+from ..states import State
+
+
+@dataclass
+class JobStatus:
+    """What a backend knows about one job id."""
+
+    job_id: str
+    state: Optional[State]  # None: the backend no longer knows the job (finished long ago, or never)
+    raw_state: str = ""  # the backend's own word (e.g. Slurm's NODE_FAIL)
+    reason: Optional[str] = None  # why it is pending (Priority, Resources, Dependency)
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    node: Optional[str] = None
+
+
+@dataclass
+class SubmitItem:
+    """One run to submit, with its validated spec."""
+
+    run: Run
+    spec: Spec
+
+
+@dataclass
+class SubmitGroup:
+    """Runs submitted together: a sweep (one array on SLURM) sharing a parallelism limit."""
+
+    items: list[SubmitItem]
+    max_parallel: Optional[int] = None
+    group_id: Optional[str] = None  # the sweep id
+    after_job_ids: list[str] = field(default_factory=list)  # afterok dependencies
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    @abstractmethod
+    def render(self, item: SubmitItem, group: SubmitGroup) -> str:
+        """The job script for one run (shown by --dry-run, written to the run's job.sh)."""
+
+    @abstractmethod
+    def submit(self, group: SubmitGroup) -> list[str]:
+        """Start (or enqueue) every run of the group; return one job id per item, in order.
+
+        Implementations record each job id in its run's run.json as soon as it is known, so a
+        failure part way leaves the runs already submitted on record.
+        """
+
+    @abstractmethod
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """Ask about many jobs in one call (one squeue, one process-table scan)."""
+
+    @abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Stop jobs: SIGTERM (the trainer may checkpoint), SIGKILL after a grace period."""
+
+
+def get_backend(name: str) -> Backend:
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend()
+    if name == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend()
+    from ..errors import UserError
+
+    raise UserError(f"unknown backend {name!r}", hint="use local or slurm")

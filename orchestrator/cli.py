@@ -1,0 +1,101 @@
+"""`orch`: one table of subcommands, one place that maps errors to exit codes.
+
+Each subcommand lives in `orchestrator/commands/<name>.py` with `add_arguments(parser)` and
+`run(args) -> int`, imported only when chosen, so `orch status` never pays for torch,
+pandas or matplotlib.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from .errors import EXIT_USAGE, OrchError, exit_code_for
+
+# name -> (module under orchestrator.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": ("submit", "submit a spec (or a sweep) to the local or SLURM backend"),
+    "status": ("status", "show every run: state, progress, losses, throughput, ETA, heartbeat"),
+    "logs": ("logs", "print or follow a run's logs"),
+    "cancel": ("cancel", "cancel runs (SIGTERM, then SIGKILL after a grace period)"),
+    "resume": ("resume", "start a new attempt of a stopped run from its newest checkpoint"),
+    "generate": ("generate", "generate text from a run's checkpoint"),
+    "check": ("check", "judge runs against their spec's checks; writes checks.json"),
+    "monitor": ("monitor", "diagnose failures, retry per policy, alert (for cron)"),
+    "preserve": ("preserve", "copy a run into a verified preserved-data bundle"),
+    "verify": ("verify", "verify a bundle against its manifest"),
+    "compare": ("compare", "compare runs or bundles side by side"),
+    "plot": ("plot", "plot a run's training and validation curves"),
+    "schema": ("schema", "print the spec's JSON Schema"),
+}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors share the exit-code table."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+class UsageError(OrchError):
+    exit_code = EXIT_USAGE
+
+
+def build_parser(argv: list[str] | None = None) -> ArgParser:
+    """The parser; with `argv`, only the chosen command's module is imported."""
+    parser = ArgParser(prog="orch", description="Run, watch, check and preserve ML experiments on local machines and SLURM.")
+    parser.add_argument("--results", metavar="DIR", default=None,
+                        help="results root (env ORCH_RESULTS, default ./results)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if argv is not None and name not in argv:
+            continue  # not chosen: keep start-up cheap
+        _load(module).add_arguments(p)
+    return parser
+
+
+def _load(module: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"orchestrator.commands.{module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"orch {__version__}")
+            return 0
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        args.results = Path(args.results or os.environ.get("ORCH_RESULTS") or "results")
+        mod = _load(args._module)
+        if not hasattr(mod, "add_arguments"):
+            raise UsageError(f"unknown command {args.command}")
+        return int(mod.run(args) or 0)
+    except OrchError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `orch status | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except SystemExit as exc:  # argparse --help
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

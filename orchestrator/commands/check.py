@@ -1,0 +1,63 @@
+"""`orch check RUN... [--json]`: judge runs against their spec's checks and the built-in health checks.
+
+Why a command and not a notebook cell: the verdict lands in each run's `checks.json` (written
+atomically), and the exit code (0 all error-severity checks pass, 1 otherwise) lets scripts and
+`orch monitor` act on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..checks import FAIL, PASS, UNKNOWN, RunVerdict, check_and_record
+from ..errors import UserError
+from ..runs import ResultsRoot
+
+_MARK = {"pass": "PASS", "fail": "FAIL", "unknown": "UNKNOWN", "error": "ERROR", "note": "note", "skip": "-"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes, names or run folders")
+    parser.add_argument("--all", action="store_true", help="check every run under the results root")
+    parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    parser.add_argument("--quiet", "-q", action="store_true", help="show only checks that did not pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = ResultsRoot(args.results)
+    if args.all:
+        runs = list(root.iter_runs())
+    elif args.runs:
+        runs = root.resolve_many(args.runs)
+    else:
+        raise UserError("name at least one run (or pass --all)", hint="`orch status` lists runs")
+    if not runs:
+        raise UserError(f"no runs under {args.results}")
+    verdicts = [check_and_record(r) for r in runs]
+    if args.json:
+        out: Any = [v.to_dict() for v in verdicts]
+        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
+    else:
+        print_table(verdicts, quiet=args.quiet)
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+def print_table(verdicts: list[RunVerdict], quiet: bool = False, file: Any = None) -> None:
+    file = file or sys.stdout
+    for v in verdicts:
+        verdict = "PASSED" if v.passed else "FAILED"
+        print(f"{v.run_id}  [{v.state}]  {verdict}", file=file)
+        rows = [r for r in v.results if not quiet or r.status not in (PASS, "skip", "note")]
+        if not rows:
+            continue
+        width = min(48, max(len(r.name) for r in rows))
+        for r in rows:
+            name = r.name if len(r.name) <= width else r.name[: width - 1] + "~"
+            line = f"  {_MARK.get(r.status, r.status):7} {r.severity:5}  {name:<{width}}  {r.detail}"
+            if r.status in (FAIL, UNKNOWN) and r.message:
+                line += f"  -- {r.message}"
+            print(line, file=file)
+        for r in v.failing:
+            print(f"  failing: {r.name}: {r.detail}", file=file)

@@ -1,0 +1,53 @@
+"""`orch logs RUN [-f] [--attempt N] [--stderr|--stdout|--training]`: a run's logs without `tail -f` by hand."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import UserError
+from ..runs import ResultsRoot
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, until the run ends")
+    p.add_argument("--attempt", type=int, help="which attempt (default: the latest)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="the trainer's stderr (tracebacks)")
+    which.add_argument("--training", action="store_true", help="logs/training.log (periodic progress lines)")
+    which.add_argument("--scheduler", action="store_true", help="the batch system's own output")
+    p.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_ = ResultsRoot(args.results).resolve(args.run)
+    attempts = run_.record.get("attempts") or []
+    n = args.attempt or (attempts[-1]["n"] if attempts else 1)
+    if args.attempt and not any(a.get("n") == n for a in attempts):
+        raise UserError(f"run {run_.run_id} has no attempt {n}", hint=f"it has {len(attempts)} attempt(s)")
+    p = run_.paths
+    path = (p.stderr(n) if args.stderr else p.training_log if args.training
+            else p.scheduler_log if args.scheduler else p.stdout(n))
+    if not path.exists() and not args.follow:
+        raise UserError(f"{path} does not exist yet", hint="the job may not have started; try -f to wait for it")
+    pos = 0
+    if path.exists() and args.lines:
+        lines = path.read_bytes().splitlines(keepends=True)[-args.lines:]
+        sys.stdout.buffer.write(b"".join(lines))
+        pos = path.stat().st_size
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos += len(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        if not args.follow:
+            return 0
+        if run_.reload() and run_.state.terminal:
+            time.sleep(0.3)
+            if path.exists() and path.stat().st_size == pos:
+                return 0
+        time.sleep(0.5)

@@ -1,0 +1,129 @@
+"""`orch status [RUN...] [--json] [--watch S] [--state S] [--name N] [--all]`: every run at a glance.
+
+Reads only small files per run (run.json, heartbeat.json, the last line of the metrics history
+read from the end, checks.json) and asks each backend once per call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+from ..atomicio import tail_jsonl
+from ..errors import UserError
+from ..heartbeat import heartbeat_age
+from ..runs import ResultsRoot
+from ..states import State
+from ..status import RunView, checks_summary, refresh
+from .common import fmt_age, fmt_num
+
+COLUMNS = ("RUN", "STATE", "STEP", "%", "TRAIN", "VAL", "TOK/S", "ETA", "BEAT", "CHECKS", "NOTE")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    p.add_argument("--state", action="append", default=[], metavar="S", help="only runs in state S (repeatable)")
+    p.add_argument("--name", action="append", default=[], metavar="N", help="only runs of experiment N (repeatable)")
+    p.add_argument("--no-poll", action="store_true", help="do not ask the backends; run folders only")
+
+
+def summarize(view: RunView) -> dict[str, Any]:
+    rec, hb = view.record, view.heartbeat
+    last_eval = tail_jsonl(view.run.paths.metrics_history, 1)
+    metrics = dict(last_eval[0]) if last_eval else {}
+    step = hb.get("step", metrics.get("step"))
+    total = hb.get("total_steps") or rec.get("total_steps")
+    if hb.get("train_loss") is not None:
+        metrics.setdefault("train_loss", hb.get("train_loss"))
+    failure = rec.get("failure") or {}
+    return {
+        "run_id": view.run.run_id,
+        "name": view.run.name,
+        "state": str(view.state),
+        "step": step,
+        "total_steps": total,
+        "progress": (step / total) if (isinstance(step, (int, float)) and total) else None,
+        "run_dir": str(view.run.paths.root),
+        "backend": rec.get("backend"),
+        "job_id": (rec.get("attempts") or [{}])[-1].get("job_id"),
+        "attempts": len(rec.get("attempts") or []),
+        "sweep_id": rec.get("sweep_id"),
+        "metrics": metrics,
+        "tokens_per_sec": hb.get("tokens_per_sec"),
+        "eta_s": hb.get("eta_s") if view.state in (State.RUNNING, State.STALLED) else None,
+        "heartbeat_age_s": heartbeat_age(hb) if hb else None,
+        "checks": checks_summary(view.run),
+        "reason": view.reason or rec.get("state_reason"),
+        "failure": failure.get("class"),
+        "stop_reason": rec.get("stop_reason"),
+        "exit_code": rec.get("exit_code"),
+    }
+
+
+def _row(s: dict[str, Any]) -> list[str]:
+    pct = f"{100 * s['progress']:.0f}" if s["progress"] is not None else "-"
+    step = f"{s['step']}/{s['total_steps'] or '?'}" if s["step"] is not None else "-"
+    m = s["metrics"]
+    note = s["failure"] or s["reason"] or s["stop_reason"] or ""
+    beat = fmt_age(s["heartbeat_age_s"]) if s["state"] in ("RUNNING", "STALLED") else "-"
+    return [s["run_id"], s["state"], step, pct, fmt_num(m.get("train_loss")), fmt_num(m.get("val_loss")),
+            fmt_num(s["tokens_per_sec"], 3), fmt_age(s["eta_s"]), beat, s["checks"] or "-", str(note)]
+
+
+def render_table(rows: list[list[str]]) -> str:
+    if not rows:
+        return "no runs"
+    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(COLUMNS))]
+    term = shutil.get_terminal_size((160, 20)).columns
+    lines = []
+    for r in [list(COLUMNS), *rows]:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        lines.append(line[: max(term, 100)] if sys.stdout.isatty() else line)
+    return "\n".join(lines)
+
+
+def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
+    root = ResultsRoot(args.results)
+    if args.runs:
+        runs = root.resolve_many(args.runs)
+    else:
+        runs = list(root.iter_runs())
+    if args.name:
+        runs = [r for r in runs if r.name in args.name]
+    views = refresh(runs, poll=not args.no_poll)
+    if args.state:
+        wanted = {s.upper() for s in args.state}
+        unknown = wanted - {s.value for s in State}
+        if unknown:
+            raise UserError(f"unknown state {', '.join(sorted(unknown))}", hint="states: " + ", ".join(s.value for s in State))
+        views = [v for v in views if v.state.value in wanted]
+    return [summarize(v) for v in views]
+
+
+def run(args: argparse.Namespace) -> int:
+    while True:
+        summaries = collect(args)
+        if args.json:
+            print(json.dumps(summaries, indent=1, default=str))
+        else:
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            print(render_table([_row(s) for s in summaries]))
+            if args.watch:
+                counts: dict[str, int] = {}
+                for s in summaries:
+                    counts[s["state"]] = counts.get(s["state"], 0) + 1
+                print(f"\n{time.strftime('%H:%M:%S')}  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if not args.watch:
+            return 0
+        sys.stdout.flush()
+        time.sleep(max(0.5, args.watch))
+
+
+__all__ = ["add_arguments", "run", "os"]

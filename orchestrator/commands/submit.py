@@ -1,0 +1,71 @@
+"""`orch submit SPEC... [--set k=v]... [--backend B] [--dry-run] [--wait] [--json]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import OrchError
+from ..runs import ResultsRoot
+from ..spec import spec_to_yaml
+from ..submit import plan, submit_plan
+from .common import wait_for_runs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help="experiment spec YAML file(s); later ones may depend on earlier ones with after:")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, YAML-typed (e.g. --set train.lr=3e-4); repeatable")
+    p.add_argument("--backend", choices=["local", "slurm"], help="override the spec's backend")
+    p.add_argument("--dry-run", action="store_true", help="print resolved specs and job scripts; submit nothing")
+    p.add_argument("--wait", action="store_true", help="block until every run ends; exit 0 only if all COMPLETED")
+    p.add_argument("--json", action="store_true", help="print the submitted runs as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = ResultsRoot(args.results)
+    argv = sys.argv[1:]
+    groups = plan(args.specs, root, args.overrides, args.backend, dry_run=args.dry_run, argv=argv)
+    total = sum(len(g.group.items) for g in groups)
+    if args.dry_run:
+        from ..backends import get_backend
+
+        out = []
+        for g in groups:
+            backend = get_backend(g.backend)
+            for item in g.group.items:
+                script = backend.render(item, g.group)
+                out.append({"run_id": item.run.run_id, "backend": g.backend, "spec": item.spec.model_dump(mode="json"), "script": script})
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return 0
+        for g in groups:
+            n = len(g.group.items)
+            kind = f"a sweep of {n} runs" if g.group.items[0].run.record.get("sweep_id") else "1 run"
+            print(f"# {g.source}: {kind} on the {g.backend} backend" +
+                  (f", at most {g.group.max_parallel} at a time" if g.group.max_parallel else ""))
+        for entry, item in zip(out, (i for g in groups for i in g.group.items)):
+            print(f"\n# ---- {entry['run_id']} (resolved spec)")
+            sys.stdout.write(spec_to_yaml(item.spec))
+            print(f"# ---- {entry['run_id']} (job script)")
+            sys.stdout.write(entry["script"])
+        print(f"\ndry run: {total} run(s) would be submitted; nothing was submitted.")
+        return 0
+    try:
+        submitted = submit_plan(groups)
+    finally:
+        pass
+    rows = [{"run_id": item.run.run_id, "name": item.spec.name, "run_dir": str(item.run.paths.root),
+             "backend": item.spec.backend, "job_id": job_id} for item, job_id in submitted]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"submitted {r['run_id']}  ({r['backend']} job {r['job_id']})  {r['run_dir']}")
+    if args.wait:
+        return wait_for_runs([item.run for item, _ in submitted], quiet=args.json)
+    return 0
+
+
+__all__ = ["add_arguments", "run", "OrchError"]

@@ -1,0 +1,149 @@
+"""The run folder's layout, owned by one class (as submitit's JobPaths owns a job's files).
+
+The run folder is the single source of truth about a run: a requeued job, a second `orch`
+process or a cron job needs nothing else. Its layout matches the preserved-data bundles
+researchers keep, so preserving is a verified copy.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Accept names that are safe as one path component and inside a shell word."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise UserError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
+            "starting with a letter or digit, no '..')",
+            hint="names become folder names and job names; shell metacharacters are not allowed",
+        )
+    return name
+
+
+def default_results_root() -> Path:
+    return Path(os.environ.get("ORCH_RESULTS", "results"))
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file of one run, relative to its folder `results/<name>/<run_id>/`."""
+
+    root: Path
+
+    # -- identity and state ------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"  # fully resolved spec
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"  # state, attempts, exit codes, stop reason
+
+    @property
+    def run_lock(self) -> Path:
+        return self.root / ".run.lock"  # serializes read-modify-write of run.json
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def git_patch(self) -> Path:
+        return self.root / "provenance.patch"  # uncommitted diff at submit time
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / "heartbeat.json"  # refreshed by the job while it runs
+
+    @property
+    def cancel_request(self) -> Path:
+        return self.root / ".cancel-requested"  # tells the job wrapper a stop is a cancel
+
+    @property
+    def exit_status(self) -> Path:
+        return self.root / "exit.json"  # renamed into place when an attempt ends
+
+    @property
+    def checks(self) -> Path:
+        return self.root / "checks.json"
+
+    @property
+    def job_script(self) -> Path:
+        return self.root / "job.sh"  # the rendered backend script
+
+    # -- logs -----------------------------------------------------------------------------
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def training_log(self) -> Path:
+        return self.logs / "training.log"
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.logs / "train_diagnostics.jsonl"
+
+    def stdout(self, attempt: int) -> Path:
+        return self.logs / f"stdout-{attempt}.log"
+
+    def stderr(self, attempt: int) -> Path:
+        return self.logs / f"stderr-{attempt}.log"
+
+    @property
+    def scheduler_log(self) -> Path:
+        return self.logs / "scheduler.log"  # the batch system's own output (sbatch --output)
+
+    # -- evaluation -----------------------------------------------------------------------
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def metrics_history(self) -> Path:
+        return self.eval / "metrics_history.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.eval / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval / "predictions.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.eval / "samples.jsonl"
+
+    # -- checkpoints and artefacts --------------------------------------------------------
+    @property
+    def ckpt(self) -> Path:
+        return self.root / "ckpt"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def make_dirs(self) -> None:
+        for d in (self.root, self.logs, self.eval, self.ckpt):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def inside(root: Path, candidate: Path) -> bool:
+    """True when `candidate` resolves to a path under `root` (nothing escapes the results root)."""
+    try:
+        candidate.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,151 @@
+"""A run's effective state: its own record, the backend's word, and its heartbeat.
+
+The run folder is authoritative once an attempt has ended (the job wrapper wrote the outcome).
+While it claims to be active, the backend is asked once for all such runs (one batched poll per
+backend): a job the backend no longer knows, with no recorded outcome, died without a word
+(SIGKILL, node failure); a RUNNING job whose heartbeat is older than `monitor.stall_after` is
+STALLED. Everything here reads small files only, so `orch status` stays fast on huge trees.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from .atomicio import read_json, tail_jsonl
+from .attempts import current_job_id
+from .backends import JobStatus, get_backend
+from .errors import OrchError
+from .heartbeat import heartbeat_age, read_heartbeat
+from .runs import Run
+from .states import State
+
+DEFAULT_STALL_AFTER = 600.0
+
+
+@dataclass
+class RunView:
+    """Everything `orch status` shows about one run."""
+
+    run: Run
+    state: State
+    reason: Optional[str] = None
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+    job: Optional[JobStatus] = None
+    died: bool = False  # the backend lost the job and nothing was recorded
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.run.record
+
+
+def _stall_after(run: Run) -> float:
+    """Seconds without a heartbeat before a RUNNING run counts as STALLED (copied into run.json at submit)."""
+    try:
+        return float(run.record.get("stall_after", DEFAULT_STALL_AFTER))
+    except (TypeError, ValueError):
+        return DEFAULT_STALL_AFTER
+
+
+def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = None) -> list[RunView]:
+    """Effective states for many runs with one backend poll per backend."""
+    runs = list(runs)
+    now = now or time.time()
+    active: dict[str, list[tuple[Run, str]]] = {}
+    views: dict[str, RunView] = {}
+    for run in runs:
+        rec = run.record
+        state = run.state
+        views[run.run_id] = RunView(run, state, rec.get("pending_reason"))
+        if state.active and poll:
+            job_id = current_job_id(rec)
+            if job_id:
+                active.setdefault(rec.get("backend") or "local", []).append((run, job_id))
+    for backend_name, items in active.items():
+        try:
+            statuses = get_backend(backend_name).poll([j for _, j in items])
+        except OrchError as exc:  # scheduler down: show what the run folders say
+            for run, _ in items:
+                views[run.run_id].reason = f"backend unavailable: {exc.message}"
+            continue
+        for run, job_id in items:
+            view = views[run.run_id]
+            js = statuses.get(job_id)
+            view.job = js
+            if js is None or js.state is None:
+                # The backend forgot the job: trust a late-written outcome, else it died silently.
+                run.reload()
+                view.state = run.state
+                if view.state.active:
+                    view.state, view.died = State.FAILED, True
+                    view.reason = "job vanished without recording an exit (killed, or its node failed)"
+                continue
+            run.reload()
+            if js.state.terminal and run.state.active:
+                view.state = js.state  # e.g. cancelled while queued: the wrapper never ran
+                view.reason = js.raw_state or view.reason
+            elif js.state == State.QUEUED:
+                view.state, view.reason = State.QUEUED, js.reason or view.reason
+            elif js.raw_state != "alive":  # the scheduler's word beats a wrapper that has not started yet
+                view.state = State.RUNNING if run.state != State.STALLED else run.state
+            else:
+                view.state = run.state  # local: alive; the wrapper's record says QUEUED or RUNNING
+    for view in views.values():
+        if view.state in (State.RUNNING, State.STALLED):
+            view.heartbeat = read_heartbeat(view.run.paths.heartbeat)
+            age = heartbeat_age(view.heartbeat, now)
+            if age is not None and age > _stall_after(view.run):
+                view.state = State.STALLED
+                view.reason = f"no heartbeat for {int(age)} s"
+            elif view.state == State.STALLED and age is not None:
+                view.state = State.RUNNING
+        elif view.state.terminal or view.state == State.QUEUED:
+            view.heartbeat = read_heartbeat(view.run.paths.heartbeat)
+    return [views[r.run_id] for r in runs]
+
+
+def persist(view: RunView) -> bool:
+    """Write a discovered state into run.json (monitor/resume/--wait do; plain status does not)."""
+    if view.state == view.run.state:
+        return False
+    state, reason, died = view.state, view.reason, view.died
+
+    def mutate(rec: dict[str, Any]) -> None:
+        if State(rec.get("state", "PENDING")).terminal:
+            return  # the job wrapper got there first
+        rec["state"] = str(state)
+        if died:
+            rec["failure"] = {"class": "node_fail", "summary": reason}
+            for att in rec.get("attempts", [])[-1:]:
+                att.setdefault("state", str(State.FAILED))
+                att.setdefault("cause", "node_fail")
+        if reason:
+            rec["state_reason"] = reason
+
+    view.run.update(mutate)
+    return True
+
+
+def latest_metrics(run: Run) -> dict[str, Any]:
+    """The newest evaluation and diagnostics record (tail reads, whatever the history length)."""
+    hist = tail_jsonl(run.paths.metrics_history, 1)
+    diag = tail_jsonl(run.paths.diagnostics, 1)
+    out: dict[str, Any] = {}
+    if diag:
+        out.update({f"train.{k}": v for k, v in diag[0].items()})
+    if hist:
+        out.update(hist[0])
+    return out
+
+
+def checks_summary(run: Run) -> Optional[str]:
+    data = read_json(run.paths.checks)
+    if not isinstance(data, dict):
+        return None
+    if "summary" in data and isinstance(data["summary"], str):
+        return data["summary"]
+    results = data.get("results") or data.get("checks") or []
+    if not isinstance(results, list):
+        return None
+    passed = sum(1 for r in results if isinstance(r, dict) and r.get("passed"))
+    return f"{passed}/{len(results)}"

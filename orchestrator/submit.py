@@ -1,0 +1,150 @@
+"""Turning resolved specs into run folders and backend submissions.
+
+`plan()` makes the run folders (spec.yaml, run.json, provenance) for one or several spec files,
+resolving `after:` against runs of the same submission first, then the results tree;
+`submit_plan()` hands each group (a sweep = one group) to its backend. `resubmit()` starts a
+new attempt of an existing run from its own folder (resume, and monitor's retries).
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .atomicio import atomic_write_json, atomic_write_text
+from .attempts import current_job_id
+from .backends import SubmitGroup, SubmitItem, get_backend
+from .errors import UserError
+from .provenance import collect
+from .runs import ResultsRoot, Run, new_run_id
+from .spec import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
+from .states import State
+
+
+@dataclass
+class PlannedGroup:
+    backend: str
+    group: SubmitGroup
+    source: Optional[Path]
+    deps: list[Run] = field(default_factory=list)
+
+
+def _absolutize(spec: Spec, base: Path) -> Spec:
+    """Relative local paths in a spec are relative to the spec file; the job may run elsewhere."""
+    updates: dict[str, Any] = {}
+    if spec.data.path and not Path(spec.data.path).is_absolute():
+        updates["data"] = spec.data.model_copy(update={"path": str((base / spec.data.path).resolve())})
+    for section, key in (("tokenizer", "name_or_path"), ("model", "init_from")):
+        value = getattr(getattr(spec, section), key, None)
+        if value and not Path(value).is_absolute() and (base / value).exists():
+            updates[section] = getattr(spec, section).model_copy(update={key: str((base / value).resolve())})
+    if spec.resources.template and not Path(spec.resources.template).is_absolute():
+        updates["resources"] = spec.resources.model_copy(update={"template": str((base / spec.resources.template).resolve())})
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def _resolve_after(refs: list[str], root: ResultsRoot, made: dict[str, list[Run]]) -> list[Run]:
+    deps: list[Run] = []
+    for ref in refs:
+        if ref in made:  # a spec earlier in this same submission
+            deps.extend(made[ref])
+            continue
+        same_name = sorted((r for r in root.iter_runs() if r.name == ref), key=lambda r: r.run_id)
+        if same_name:
+            latest = same_name[-1]
+            sweep = latest.record.get("sweep_id")
+            deps.extend([r for r in same_name if sweep and r.record.get("sweep_id") == sweep] or [latest])
+            continue
+        deps.append(root.resolve(ref))
+    return deps
+
+
+def plan(
+    spec_files: list[Path],
+    root: ResultsRoot,
+    overrides: list[str],
+    backend: Optional[str],
+    *,
+    dry_run: bool,
+    argv: list[str],
+) -> list[PlannedGroup]:
+    """Validate every spec first (nothing is created if any is bad), then make run folders."""
+    loaded = [(f, load_spec(f, overrides, backend)) for f in spec_files]
+    groups: list[PlannedGroup] = []
+    made: dict[str, list[Run]] = {}
+    provenance_cache: dict[Path, tuple[dict[str, Any], str]] = {}
+    for file, resolved in loaded:
+        base = file.resolve().parent
+        first = resolved[0].spec
+        is_sweep = first.sweep is not None and resolved[0].sweep_index is not None
+        stamp = time.time()
+        sweep_id = f"{first.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{secrets.token_hex(2)}" if is_sweep else None
+        deps = _resolve_after(first.after, root, made) if first.after else []
+        if not dry_run and file not in provenance_cache:
+            provenance_cache[file] = collect(file, argv)
+        items: list[SubmitItem] = []
+        for r in resolved:
+            spec = _absolutize(r.spec, base)
+            record = {
+                "spec_file": str(file.resolve()),
+                "sweep_id": sweep_id,
+                "sweep_index": r.sweep_index,
+                "sweep_point": r.sweep_point or None,
+                "total_steps": spec.train.max_steps,
+                "stall_after": parse_duration(spec.monitor.stall_after),
+                "trainer": spec.trainer,
+                "after": [{"run_id": d.run_id, "run_dir": str(d.paths.root.resolve())} for d in deps],
+            }
+            if dry_run:
+                run = Run(root.run_paths(spec.name, new_run_id(spec.name, stamp)), {**record, "state": "PENDING"})
+            else:
+                run = root.create_run(spec.name, record)
+                atomic_write_text(run.paths.spec, spec_to_yaml(spec))
+                prov, patch = provenance_cache[file]
+                atomic_write_json(run.paths.provenance, {**prov, "run_id": run.run_id})
+                if patch:
+                    atomic_write_text(run.paths.git_patch, patch)
+            items.append(SubmitItem(run, spec))
+        made.setdefault(first.name, []).extend(i.run for i in items)
+        limit = first.sweep.max_parallel if first.sweep else None
+        group = SubmitGroup(items, max_parallel=limit, group_id=sweep_id or items[0].run.run_id)
+        groups.append(PlannedGroup(first.backend, group, file, deps))
+    return groups
+
+
+def submit_plan(groups: list[PlannedGroup]) -> list[tuple[SubmitItem, str]]:
+    """Submit each group; a dependency's job ids become afterok dependencies."""
+    done: list[tuple[SubmitItem, str]] = []
+    for pg in groups:
+        backend = get_backend(pg.backend)
+        pg.group.after_job_ids = [j for j in (current_job_id(d.reload()) for d in pg.deps) if j]
+        ids = backend.submit(pg.group)
+        done.extend(zip(pg.group.items, ids))
+    return done
+
+
+def resubmit(run: Run, reason: str = "resume", backend: Optional[str] = None) -> str:
+    """A new attempt of an existing run, from its folder alone; the trainer resumes from its checkpoint."""
+    rec = run.reload()
+    state = State(rec.get("state", "PENDING"))
+    spec = spec_from_run(run.paths.spec)
+    name = backend or rec.get("backend") or spec.backend
+    if run.paths.cancel_request.exists():
+        run.paths.cancel_request.unlink()
+    item = SubmitItem(run, spec)
+    group = SubmitGroup([item], group_id=run.run_id)
+    ids = get_backend(name).submit(group)
+    run.update(lambda r: r.setdefault("resumes", []).append({"from_state": str(state), "reason": reason}))
+    return ids[0]
+
+
+def ensure_stopped(run: Run, state: State) -> None:
+    if state == State.COMPLETED:
+        raise UserError(f"run {run.run_id} already COMPLETED",
+                        hint="to train further, submit again with a larger budget (e.g. --set train.max_steps=...)")
+    if state.active:
+        raise UserError(f"run {run.run_id} is {state}: only stopped runs can be resumed",
+                        hint=f"`orch cancel {run.run_id}` first, or wait for it to end")
+

@@ -1,0 +1,232 @@
+"""Data pipeline of the `lm` trainer: loading, the token cache, random blocks and exact resume."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.spec import DataSpec, TokenizerSpec
+from trainers.corpora import BUILTIN_CORPORA, builtin_text
+from trainers.data import (
+    BlockSampler,
+    _token_dtype,
+    epochs_to_steps,
+    iter_eval_batches,
+    load_text,
+    tokenize_to_memmap,
+)
+
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+CHAR = TokenizerSpec(type="char")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_text_file_splits_90_10_by_characters_like_nanogpt():
+    if not SHAKESPEARE.exists():
+        pytest.skip(f"Tiny Shakespeare is not at {SHAKESPEARE} (the shared data folder is absent)")
+    raw = SHAKESPEARE.read_text(encoding="utf-8")
+    # A relative path is relative to the spec's folder.
+    train, val = load_text(DataSpec(path="../shared/data/tinyshakespeare/input.txt"), SHAKESPEARE.parents[3] / "main")
+    n = len(raw)
+    assert train == raw[: int(n * 0.9)] and val == raw[int(n * 0.9) :]
+
+
+def test_jsonl_json_and_parquet_read_the_text_field(tmp_path: Path):
+    rows = [{"body": f"document number {i}.", "id": i} for i in range(20)]
+    _write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows))
+    _write(tmp_path / "d.json", json.dumps(rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    for name in ("d.jsonl", "d.json", "d.parquet"):
+        train, val = load_text(DataSpec(path=name, text_field="body", val_fraction=0.25), tmp_path)
+        # Many documents: the last quarter of the documents is held out, one per line.
+        assert train.splitlines() == [f"document number {i}." for i in range(15)], name
+        assert val.splitlines() == [f"document number {i}." for i in range(15, 20)], name
+
+
+def test_missing_text_field_is_a_clear_error(tmp_path: Path):
+    _write(tmp_path / "d.jsonl", json.dumps({"body": "x"}) + "\n" + json.dumps({"body": "y"}))
+    with pytest.raises(ValueError, match="text_field 'text' is not a column"):
+        load_text(DataSpec(path="d.jsonl"), tmp_path)
+
+
+def test_builtin_corpora_are_deterministic_and_small():
+    for name in BUILTIN_CORPORA:
+        text = builtin_text(name)
+        assert text == builtin_text(name)
+        assert 100_000 < len(text) < 1_000_000
+    train, val = load_text(DataSpec(builtin="arith"), Path("."))
+    assert val and len(train) == pytest.approx(9 * len(val), rel=0.01)
+    with pytest.raises(ValueError, match="unknown builtin corpus"):
+        builtin_text("nope")
+
+
+def test_builtin_corpus_is_learned_within_60_cpu_steps():
+    """The quickstart's promise: validation loss visibly falls within ~60 steps of a tiny model on CPU."""
+    from trainers.models import build_model
+    from trainers.diagnostics import estimate_loss
+
+    torch.manual_seed(0)
+    data = tokenize_to_memmap(DataSpec(builtin="arith"), CHAR, Path("."), Path(os.environ.get("TMPDIR", "/tmp")) / "orch-test-cache")
+    model = build_model({"arch": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64, "max_seq_len": 32}, data.tokenizer.vocab_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sampler = BlockSampler(data.train, block_size=32, batch_size=16, seed=0)
+    val = list(iter_eval_batches(data.val, 32, 16, 4, seed=1))
+    before = estimate_loss(model, val)
+    for _ in range(60):
+        x, y = sampler.next_batch("cpu")
+        loss = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = estimate_loss(model, val)
+    assert after < before - 0.7, (before, after)
+
+
+# --------------------------------------------------------------------------- the token cache
+
+
+def test_tokenize_once_then_cache_hit(tmp_path: Path):
+    corpus = _write(tmp_path / "corpus.txt", "to be or not to be, that is the question.\n" * 200)
+    data_cfg = DataSpec(path="corpus.txt")
+    first = tokenize_to_memmap(data_cfg, CHAR, tmp_path, tmp_path / "cache", tmp_path / "run1" / "tokenizer")
+    assert not first.cache_hit
+    assert isinstance(first.train, np.memmap) and first.train.dtype == np.uint16
+    train_text, val_text = load_text(data_cfg, tmp_path)
+    assert first.tokenizer.decode(first.train) == train_text and first.tokenizer.decode(first.val) == val_text
+    assert (tmp_path / "run1" / "tokenizer").is_dir()
+    bin_mtime = (first.cache_dir / "train.bin").stat().st_mtime_ns
+
+    second = tokenize_to_memmap(data_cfg, CHAR, tmp_path, tmp_path / "cache", tmp_path / "run2" / "tokenizer")
+    assert second.cache_hit and second.cache_dir == first.cache_dir
+    assert (second.cache_dir / "train.bin").stat().st_mtime_ns == bin_mtime  # not rewritten
+    assert np.array_equal(second.train, first.train)
+    assert (tmp_path / "run2" / "tokenizer").is_dir()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [first.cache_dir.name]
+
+    # A different tokenizer or changed content is a different entry.
+    other = tokenize_to_memmap(data_cfg, TokenizerSpec(type="bpe", vocab_size=300), tmp_path, tmp_path / "cache", None)
+    assert other.cache_dir != first.cache_dir and not other.cache_hit
+    corpus.write_text(corpus.read_text() + "more.\n")
+    changed = tokenize_to_memmap(data_cfg, CHAR, tmp_path, tmp_path / "cache", None)
+    assert changed.cache_dir != first.cache_dir and not changed.cache_hit
+
+
+def test_bpe_is_trained_on_the_train_split_only(tmp_path: Path):
+    train_part = "the cat sat on the mat. " * 400
+    val_part = "zqxjvk wobbulator zqxjvk wobbulator " * 200  # only in the last 10 %
+    _write(tmp_path / "c.txt", train_part + val_part[: len(train_part) // 9])
+    data = tokenize_to_memmap(DataSpec(path="c.txt"), TokenizerSpec(type="bpe", vocab_size=400), tmp_path, tmp_path / "cache", None)
+    tok = data.tokenizer
+    assert len(tok.encode(" cat")) == 1
+    assert len(tok.encode(" wobbulator")) > 3  # never merged: BPE never saw the validation text
+    assert tok.decode(data.val).startswith(" zqxjvk") or "zqxjvk" in tok.decode(data.val)
+
+
+def _tokenize_in_child(args: tuple[str, str, mp.synchronize.Barrier]) -> tuple[bool, str]:
+    spec_dir, cache_root, barrier = args
+    barrier.wait()
+    data = tokenize_to_memmap(DataSpec(path="corpus.txt"), TokenizerSpec(type="bpe", vocab_size=400), Path(spec_dir), Path(cache_root), None)
+    return data.cache_hit, str(data.cache_dir)
+
+
+def test_two_processes_tokenizing_at_once_make_one_cache_entry(tmp_path: Path):
+    _write(tmp_path / "corpus.txt", "all the world's a stage, and all the men and women merely players.\n" * 3000)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(2)
+    with ctx.Pool(2) as pool:
+        results = pool.map(_tokenize_in_child, [(str(tmp_path), str(tmp_path / "cache"), barrier)] * 2)
+    hits = sorted(hit for hit, _ in results)
+    assert hits == [False, True]  # exactly one process tokenized, the other waited and reused it
+    assert len({d for _, d in results}) == 1
+    entries = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_token_dtype_widens_for_large_vocabularies():
+    assert _token_dtype(65) == np.uint16 and _token_dtype(65535) == np.uint16
+    assert _token_dtype(65536) == np.uint32 and _token_dtype(128256) == np.uint32
+
+
+# --------------------------------------------------------------------------- batches
+
+
+TOKENS = np.arange(10_000, dtype=np.uint16)  # token i at position i: a block's start is its first value
+
+
+def test_blocks_are_contiguous_and_targets_shifted_by_one():
+    x, y = BlockSampler(TOKENS, block_size=8, batch_size=4, seed=0).next_batch("cpu")
+    assert x.shape == y.shape == (4, 8) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x, x[:, :1] + torch.arange(8))
+
+
+def test_sampler_resume_reproduces_the_same_batches():
+    straight = BlockSampler(TOKENS, 16, 4, seed=7)
+    batches = [straight.next_batch("cpu")[0] for _ in range(10)]
+
+    first = BlockSampler(TOKENS, 16, 4, seed=7)
+    for _ in range(5):
+        first.next_batch("cpu")
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
+    resumed = BlockSampler(TOKENS, 16, 4, seed=7)
+    resumed.load_state_dict(state)
+    for expected in batches[5:]:
+        assert torch.equal(resumed.next_batch("cpu")[0], expected)
+
+    with pytest.raises(ValueError, match="seed"):
+        BlockSampler(TOKENS, 16, 4, seed=8).load_state_dict(state)
+
+
+def test_two_ranks_together_draw_the_one_process_global_batch():
+    single = BlockSampler(TOKENS, 16, batch_size=6, seed=3)
+    ranks = [BlockSampler(TOKENS, 16, batch_size=3, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(5):
+        expected = single.next_batch("cpu")[0]
+        got = torch.cat([s.next_batch("cpu")[0] for s in ranks])
+        assert torch.equal(got, expected)
+    assert not torch.equal(ranks[0].next_batch("cpu")[0], ranks[1].next_batch("cpu")[0])
+
+
+def test_different_seeds_draw_different_blocks():
+    a = BlockSampler(TOKENS, 16, 4, seed=1).next_batch("cpu")[0]
+    b = BlockSampler(TOKENS, 16, 4, seed=2).next_batch("cpu")[0]
+    assert not torch.equal(a, b)
+
+
+def test_eval_batches_are_the_same_at_every_evaluation_and_split_across_ranks():
+    first = list(iter_eval_batches(TOKENS, 32, 4, 6, seed=0))
+    again = list(iter_eval_batches(TOKENS, 32, 4, 6, seed=0))
+    assert len(first) == 6 and all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    by_rank = [list(iter_eval_batches(TOKENS, 32, 4, 6, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert [b[0] for b in by_rank[0]] == first[0::2] or all(
+        torch.equal(a[0], b) for a, b in zip(by_rank[0], [f[0] for f in first[0::2]])
+    )
+    assert len(by_rank[1]) == 3
+
+
+def test_too_short_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        BlockSampler(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0)
+
+
+def test_epoch_accounting():
+    sampler = BlockSampler(TOKENS, 16, 4, seed=0, world_size=2)
+    assert sampler.epoch_tokens == 10_000 and sampler.tokens_per_batch == 64
+    assert sampler.epochs_seen(25_000) == 2.5
+    assert epochs_to_steps(2.0, 10_000, 128) == 157  # ceil(20000 / 128)

@@ -1,0 +1,193 @@
+"""Models for the `lm` trainer, built from Hugging Face transformers configs.
+
+No hand-written transformer: `gpt2`, `llama` and `mistral` are the transformers
+implementations, so checkpoints save with `save_pretrained` and load anywhere.
+Also the accounting the scaling experiments need: parameter counts (total and
+non-embedding, as Kaplan et al.), FLOPs per token and the device's peak FLOPs for MFU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+ARCHS = ("gpt2", "llama", "mistral")
+
+
+def _opt(cfg: Any, name: str, default: Any = None) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def max_positions(model_cfg: Any, length_multiples: Sequence[int] | None = None) -> int:
+    """Longest sequence a RoPE model must accept: the training window, `max_eval_len`, or window x largest multiple."""
+    seq_len = int(_opt(model_cfg, "max_seq_len", 1024))
+    longest = max([seq_len, int(_opt(model_cfg, "max_eval_len", 0) or 0)])
+    if length_multiples:
+        longest = max(longest, seq_len * max(int(m) for m in length_multiples))
+    return longest
+
+
+def build_config(
+    model_cfg: Any,
+    vocab_size: int,
+    *,
+    eos_id: int | None = None,
+    length_multiples: Sequence[int] | None = None,
+) -> Any:
+    """The transformers config for a spec's `model:` section (embeddings tied by default, as GPT-2)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig
+
+    arch = _opt(model_cfg, "arch", "gpt2")
+    d_model = int(_opt(model_cfg, "d_model", 128))
+    n_head = int(_opt(model_cfg, "n_head", 4))
+    d_ff = int(_opt(model_cfg, "d_ff") or 4 * d_model)
+    dropout = float(_opt(model_cfg, "dropout", 0.0) or 0.0)
+    seq_len = int(_opt(model_cfg, "max_seq_len", 1024))
+    tie = bool(_opt(model_cfg, "tie_embeddings", True))
+    common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=tie)
+    if d_model % n_head:
+        raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_head ({n_head})")
+    if arch == "gpt2":
+        # Learned absolute positions: n_positions is a hard limit, so it is exactly the training window.
+        config = GPT2Config(
+            n_positions=seq_len, n_embd=d_model, n_layer=int(_opt(model_cfg, "n_layer", 4)), n_head=n_head,
+            n_inner=d_ff, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **common,
+        )
+    elif arch in ("llama", "mistral"):
+        rope = dict(
+            hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=int(_opt(model_cfg, "n_layer", 4)),
+            num_attention_heads=n_head, num_key_value_heads=int(_opt(model_cfg, "n_kv_head") or n_head),
+            max_position_embeddings=max_positions(model_cfg, length_multiples), attention_dropout=dropout, **common,
+        )
+        if arch == "llama":
+            config = LlamaConfig(**rope)
+        else:
+            config = MistralConfig(sliding_window=_opt(model_cfg, "sliding_window"), **rope)
+    else:
+        raise ValueError(f"unknown model.arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    config.train_seq_len = seq_len  # kept in config.json: generation crops its context to this window
+    return config
+
+
+def build_model(
+    model_cfg: Any,
+    vocab_size: int,
+    *,
+    eos_id: int | None = None,
+    length_multiples: Sequence[int] | None = None,
+    attn_implementation: str = "sdpa",
+) -> Any:
+    """A freshly initialized `transformers.PreTrainedModel`, or `model.init_from` (folder or hub id) loaded."""
+    from transformers import AutoModelForCausalLM
+
+    init_from = _opt(model_cfg, "init_from")
+    if init_from:
+        model = AutoModelForCausalLM.from_pretrained(str(init_from), attn_implementation=attn_implementation)
+        if model.get_input_embeddings().num_embeddings < vocab_size:
+            model.resize_token_embeddings(vocab_size)
+        return model
+    config = build_config(model_cfg, vocab_size, eos_id=eos_id, length_multiples=length_multiples)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+
+
+def _embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Token embedding, output embedding (if untied) and learned position embedding weights."""
+    found: list[torch.nn.Parameter] = []
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            found.append(module.weight)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("wpe", "embed_positions"):
+            found.append(module.weight)
+    unique = {id(p): p for p in found}
+    return list(unique.values())
+
+
+def param_counts(model: torch.nn.Module) -> dict[str, int]:
+    """{"total": ..., "non_embedding": ...}; shared (tied) weights are counted once.
+
+    Non-embedding leaves out token and position embeddings (and an untied output embedding),
+    the N of Kaplan et al.'s scaling laws.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for p in _embedding_params(model))
+    return {"total": total, "non_embedding": total - embedding}
+
+
+def flops_per_token(model_cfg: Any, n_non_embedding: int, seq_len: int) -> float:
+    """Training FLOPs per token, 6N + 12 * n_layer * d_model * seq_len (PaLM appendix B, nanoGPT's MFU)."""
+    n_layer = int(_opt(model_cfg, "n_layer", 4))
+    d_model = int(_opt(model_cfg, "d_model", 128))
+    return 6.0 * n_non_embedding + 12.0 * n_layer * d_model * seq_len
+
+
+# Dense (no sparsity) peak tensor-core TFLOPS from the vendors' datasheets.
+# Order matters: the first substring found in the device name wins ("H100 PCIe" before "H100").
+_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("B200", {"bf16": 2250, "fp16": 2250, "tf32": 1100, "fp32": 80}),
+    ("H200", {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}),
+    ("GH200", {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}),
+    ("H100 PCIe", {"bf16": 756, "fp16": 756, "tf32": 378, "fp32": 51}),
+    ("H100 NVL", {"bf16": 835, "fp16": 835, "tf32": 418, "fp32": 60}),
+    ("H100", {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}),
+    ("H800", {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}),
+    ("A100", {"bf16": 312, "fp16": 312, "tf32": 156, "fp32": 19.5}),
+    ("A800", {"bf16": 312, "fp16": 312, "tf32": 156, "fp32": 19.5}),
+    ("L40S", {"bf16": 362, "fp16": 362, "tf32": 183, "fp32": 91.6}),
+    ("L40", {"bf16": 181, "fp16": 181, "tf32": 90.5, "fp32": 90.5}),
+    ("L4", {"bf16": 121, "fp16": 121, "tf32": 60, "fp32": 30.3}),
+    ("A6000", {"bf16": 155, "fp16": 155, "tf32": 77, "fp32": 38.7}),
+    ("A40", {"bf16": 150, "fp16": 150, "tf32": 75, "fp32": 37.4}),
+    ("A30", {"bf16": 165, "fp16": 165, "tf32": 82, "fp32": 10.3}),
+    ("A10", {"bf16": 125, "fp16": 125, "tf32": 62.5, "fp32": 31.2}),
+    ("V100", {"fp16": 125, "fp32": 15.7}),  # no bf16 tensor cores
+    ("T4", {"fp16": 65, "fp32": 8.1}),
+]
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s of a CUDA device at `precision` (fp32, tf32, bf16, fp16); None on CPU or unknown GPUs."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    precision = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(precision, precision)
+    if precision == "fp32" and torch.get_float32_matmul_precision() != "highest":
+        precision = "tf32"  # fp32 matmuls run on tensor cores when TF32 is allowed
+    for key, table in _PEAK_TFLOPS:
+        if key in name:
+            tflops = table.get(precision)
+            return tflops * 1e12 if tflops is not None else None
+    return None
+
+
+def supports_length_extrapolation(model: Any) -> tuple[bool, str]:
+    """Whether the model can run on sequences longer than it was trained on, and why (not)."""
+    config = model.config
+    if getattr(config, "model_type", "") == "gpt2":
+        return False, (
+            f"gpt2 uses learned absolute position embeddings for {config.n_positions} positions; "
+            f"positions beyond {config.n_positions} have no embedding, so it cannot run longer sequences"
+        )
+    if getattr(config, "rope_parameters", None) is not None or hasattr(config, "rope_theta"):
+        window = getattr(config, "sliding_window", None)
+        extra = f", attention limited to a sliding window of {window} tokens" if window else ""
+        return True, (
+            f"{config.model_type} uses rotary position embeddings (RoPE), defined for any position "
+            f"(max_position_embeddings={config.max_position_embeddings}{extra})"
+        )
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return False, f"{getattr(config, 'model_type', type(model).__name__)}: position encoding unknown (limit {limit})"
+
+
+def max_sequence_length(model: Any) -> int | None:
+    """The longest input the model accepts: gpt2's n_positions; None (no hard limit) for RoPE models."""
+    ok, _ = supports_length_extrapolation(model)
+    if ok:
+        return None
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
