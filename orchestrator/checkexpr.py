@@ -62,6 +62,8 @@ def _validate(node: ast.AST, names: list[str], top: bool = False) -> None:
             raise CheckSyntaxError("only metric names like val_loss or best.val_loss may be used")
         if dotted in ("True", "False", "None"):
             return
+        if any(part.startswith("_") for part in dotted.split(".")):
+            raise CheckSyntaxError(f"'{dotted}': metric names cannot start with '_'")
         names.append(dotted)
         return
     if isinstance(node, ast.Constant):
@@ -84,6 +86,9 @@ def _validate(node: ast.AST, names: list[str], top: bool = False) -> None:
         _validate(node.operand, names)
         return
     if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+        for side in (node.left, node.right):
+            if isinstance(side, ast.Constant) and isinstance(side.value, str):
+                raise CheckSyntaxError(f"arithmetic on the string {side.value!r} is not allowed")
         _validate(node.left, names)
         _validate(node.right, names)
         return
@@ -144,10 +149,19 @@ def _eval(node: ast.AST, metrics: Mapping[str, Any]) -> Any:
         v = _eval(node.operand, metrics)
         return (not v) if isinstance(node.op, ast.Not) else (-v if isinstance(node.op, ast.USub) else +v)
     if isinstance(node, ast.BinOp):
-        return _BIN[type(node.op)](_eval(node.left, metrics), _eval(node.right, metrics))
+        left, right = _eval(node.left, metrics), _eval(node.right, metrics)
+        if not (_is_num(left) and _is_num(right)):
+            raise TypeError(f"arithmetic needs numbers, got {left!r} and {right!r}")
+        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
+            raise ValueError("'**' is limited to exponents up to 64 and bases up to 1e6")
+        return _BIN[type(node.op)](left, right)
     if isinstance(node, ast.Call):
         return _FUNCS[node.func.id](*(_eval(a, metrics) for a in node.args))  # type: ignore[attr-defined]
     raise CheckSyntaxError(type(node).__name__)  # unreachable after validation
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _is_nan(v: Any) -> bool:

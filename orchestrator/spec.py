@@ -650,14 +650,15 @@ def load_spec(
     base = {k: v for k, v in data.items() if k != "sweep"}
     try:
         Spec.model_validate({**base, "sweep": None})
-        if data.get("sweep") is not None:
-            SweepSpec.model_validate(data["sweep"]) if isinstance(data["sweep"], dict) else None
     except ValidationError as exc:
         raise _to_spec_errors(exc, lines, file)
-    except SpecError:
-        raise
+    points = _expand_sweep(data, lines, file)  # structural sweep errors, with their lines
+    if data.get("sweep") is not None:
+        try:
+            Spec.model_validate({**base, "sweep": data["sweep"]})
+        except ValidationError as exc:
+            raise _to_spec_errors(exc, lines, file)
     resolved = []
-    points = _expand_sweep(data, lines, file)
     for index, (point, d) in enumerate(points):
         try:
             spec = Spec.model_validate(d)
@@ -677,9 +678,9 @@ def spec_to_yaml(spec: Spec) -> str:
 
 def spec_from_run(spec_path: Path) -> Spec:
     """Re-read a run folder's resolved spec.yaml (the job side uses this)."""
-    import yaml
+    from .yamlpos import safe_load
 
-    data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    data = safe_load(spec_path.read_text(encoding="utf-8")) or {}
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:

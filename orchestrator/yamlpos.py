@@ -4,9 +4,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 
 from .errors import SpecError
+
+
+
+class SpecLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` (retry.on) stays a key, not True."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=SpecLoader)
+
 
 Loc = tuple[Any, ...]
 # key path -> (file, line); line is 1-based
@@ -43,8 +64,8 @@ def load_yaml(path: Path) -> tuple[dict[str, Any], LineMap]:
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
         raise SpecError(f"cannot read: {exc.__class__.__name__}", file=file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=SpecLoader)
+        data = safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -65,6 +86,6 @@ def load_yaml(path: Path) -> tuple[dict[str, Any], LineMap]:
 def parse_scalar(text: str) -> Any:
     """A `--set` value typed as YAML would type it (1e-3 -> float, true -> bool, [1,2] -> list)."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text

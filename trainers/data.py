@@ -290,21 +290,33 @@ def tokenize_to_memmap(
     cache_root.mkdir(parents=True, exist_ok=True)
     key, ident = cache_key(data_cfg, tok_cfg, Path(spec_dir))
     entry = cache_root / key
-    if (entry / "meta.json").exists():
-        return _open_entry(entry, True, tokenizer_out)
+    hit = _try_open(entry, tokenizer_out)
+    if hit is not None:
+        return hit
     with FileLock(str(cache_root / f".{key}.lock")):
-        if (entry / "meta.json").exists():  # another process built it while we waited
-            return _open_entry(entry, True, tokenizer_out)
+        hit = _try_open(entry, tokenizer_out)  # another process may have built it while we waited
+        if hit is not None:
+            return hit
         tmp = cache_root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             _build_entry(tmp, data_cfg, tok_cfg, Path(spec_dir), ident)
-            if entry.exists():  # a damaged leftover (no meta.json) from a build that was not ours
+            if entry.exists():  # damaged (unreadable) entry: replace it
                 shutil.rmtree(entry)
             os.rename(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return _open_entry(entry, False, tokenizer_out)
+
+
+def _try_open(entry: Path, tokenizer_out: Path | None) -> TokenData | None:
+    """The cached entry, or None when it is missing or unreadable (then it gets rebuilt)."""
+    if not (entry / "meta.json").exists():
+        return None
+    try:
+        return _open_entry(entry, True, tokenizer_out)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 # --------------------------------------------------------------------------- batches

@@ -1,0 +1,56 @@
+"""Shared fixtures: run the real `orch` CLI as a subprocess against a temporary results root."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+class Orch:
+    """Runs `python -m orchestrator ...` with ORCH_RESULTS pointing at a temp results root."""
+
+    def __init__(self, results: Path, cwd: Path) -> None:
+        self.results = results
+        self.cwd = cwd
+        self.env = {**os.environ, "ORCH_RESULTS": str(results), "PYTHONUNBUFFERED": "1",
+                    "ORCH_KILL_WAIT": "5", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false"}
+
+    def __call__(self, *args: str, check: bool | int = True, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.cwd, env=self.env,
+                             capture_output=True, text=True, timeout=timeout, **kw)
+        expected = 0 if check is True else check
+        if check is not False and res.returncode != expected:
+            raise AssertionError(f"orch {' '.join(args)} exited {res.returncode}, expected {expected}\n"
+                                 f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}")
+        return res
+
+    def json(self, *args: str, **kw: Any) -> Any:
+        return json.loads(self(*args, "--json", **kw).stdout)
+
+
+@pytest.fixture
+def orch(tmp_path: Path) -> Orch:
+    results = tmp_path / "results"
+    results.mkdir()
+    return Orch(results, REPO)
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} is absent")
+    return SHARED

@@ -1,0 +1,130 @@
+"""Atomic state files, tolerant JSONL readers, run ids and prefixes, provenance without secrets."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.atomicio import append_jsonl, atomic_write_json, read_json, read_jsonl, tail_jsonl
+from orchestrator.errors import RunNotFound, UserError
+from orchestrator.paths import RunPaths, check_name
+from orchestrator.provenance import safe_env
+from orchestrator.runs import ResultsRoot
+
+
+def test_tail_reads_last_records_and_skips_truncated_line(tmp_path: Path) -> None:
+    p = tmp_path / "m.jsonl"
+    for i in range(5000):
+        append_jsonl(p, {"step": i, "loss": 1.0 / (i + 1)})
+    with open(p, "ab") as fh:
+        fh.write(b'{"step": 5000, "lo')  # a writer killed mid-line
+    assert [r["step"] for r in tail_jsonl(p, 3)] == [4997, 4998, 4999]
+    assert read_jsonl(p)[-1]["step"] == 4999
+    assert tail_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_tail_cost_does_not_depend_on_history_length(tmp_path: Path) -> None:
+    """tail_jsonl seeks from the end: it reads a few KB whatever the file size."""
+    p = tmp_path / "big.jsonl"
+    with open(p, "w") as fh:
+        for i in range(200_000):
+            fh.write(json.dumps({"step": i, "val_loss": 2.0}) + "\n")
+    import builtins
+
+    reads: list[int] = []
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, fh):  # type: ignore[no-untyped-def]
+            self.fh = fh
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __exit__(self, *a):  # type: ignore[no-untyped-def]
+            self.fh.close()
+
+        def read(self, n=-1):  # type: ignore[no-untyped-def]
+            data = self.fh.read(n)
+            reads.append(len(data))
+            return data
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.fh, name)
+
+    builtins.open = lambda *a, **k: Counting(real_open(*a, **k))  # type: ignore[assignment]
+    try:
+        assert tail_jsonl(p, 1)[0]["step"] == 199_999
+    finally:
+        builtins.open = real_open  # type: ignore[assignment]
+    assert sum(reads) <= 16384 < p.stat().st_size
+
+
+def test_atomic_write_leaves_old_or_new_never_partial(tmp_path: Path) -> None:
+    p = tmp_path / "state.json"
+    atomic_write_json(p, {"v": 1})
+    # A writer killed between temp-file write and rename leaves the old file intact.
+    code = ("import os, sys; sys.path.insert(0, %r)\n"
+            "from orchestrator import atomicio\n"
+            "os.replace = lambda *a: os._exit(9)\n"
+            "atomicio.atomic_write_json(%r, {'v': 2})\n") % (str(Path(__file__).parents[2]), str(p))
+    res = subprocess.run([sys.executable, "-c", code])
+    assert res.returncode == 9
+    assert read_json(p) == {"v": 1}
+    atomic_write_json(p, {"v": 3})
+    assert read_json(p) == {"v": 3}
+
+
+def test_run_ids_are_readable_unique_and_resolvable(tmp_path: Path) -> None:
+    root = ResultsRoot(tmp_path)
+    a = root.create_run("exp", {})
+    b = root.create_run("exp", {})
+    assert a.run_id != b.run_id and a.run_id.startswith("exp-")
+    assert root.resolve(a.run_id).run_id == a.run_id
+    common = len(os.path.commonprefix([a.run_id, b.run_id]))
+    assert root.resolve(a.run_id[: common + 1]).run_id == a.run_id  # the shortest unique prefix
+    with pytest.raises(RunNotFound, match="matches 2 runs"):
+        root.resolve("exp-")
+    with pytest.raises(RunNotFound):
+        root.resolve("nope")
+    assert {r.run_id for r in root.resolve_many(["exp"])} == {a.run_id, b.run_id}
+    assert json.loads(a.paths.run_json.read_text())["state"] == "PENDING"
+
+
+def test_run_update_is_serialized_across_processes(tmp_path: Path) -> None:
+    run = ResultsRoot(tmp_path).create_run("exp", {"counter": 0})
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from orchestrator.runs import Run\nfrom orchestrator.paths import RunPaths\nfrom pathlib import Path\n"
+            "r = Run(RunPaths(Path(%r)))\n"
+            "for _ in range(50): r.update(lambda rec: rec.__setitem__('counter', rec['counter'] + 1))\n"
+            ) % (str(Path(__file__).parents[2]), str(run.paths.root))
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert all(p.wait() == 0 for p in procs)
+    assert read_json(run.paths.run_json)["counter"] == 200
+
+
+@pytest.mark.parametrize("bad", ["x; touch pwned", "../up", "a/b", "", ".hidden", "$(id)", "a b", "x" * 200])
+def test_unsafe_names_are_rejected(bad: str) -> None:
+    with pytest.raises(UserError):
+        check_name(bad)
+
+
+def test_nothing_escapes_the_results_root(tmp_path: Path) -> None:
+    root = ResultsRoot(tmp_path / "results")
+    with pytest.raises(UserError):
+        root.run_paths("..", "x")
+    assert RunPaths(tmp_path / "r").stdout(2).name == "stdout-2.log"
+
+
+def test_provenance_env_drops_secrets() -> None:
+    env = {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz", "WANDB_API_KEY": "k", "DB_PASSWORD": "p",
+           "AWS_SECRET_ACCESS_KEY": "s", "SLURM_JOB_ID": "12", "CUDA_VISIBLE_DEVICES": "0,1",
+           "SLURM_COMMENT": "hf_abcdefghijklmnopqrstuvwxyz0123", "HOME": "/root"}
+    kept = safe_env(env)
+    assert kept == {"SLURM_JOB_ID": "12", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert not any("hf_" in v for v in kept.values())
+    assert os.environ is not None
