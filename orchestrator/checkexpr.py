@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -89,6 +90,9 @@ def _validate(node: ast.AST, names: list[str], top: bool = False) -> None:
         for side in (node.left, node.right):
             if isinstance(side, ast.Constant) and isinstance(side.value, str):
                 raise CheckSyntaxError(f"arithmetic on the string {side.value!r} is not allowed")
+        if isinstance(node.op, ast.Pow) and not (isinstance(node.right, ast.Constant)
+                                                 and _is_num(node.right.value) and abs(node.right.value) <= 64):
+            raise CheckSyntaxError("'**' needs a constant exponent of at most 64")
         _validate(node.left, names)
         _validate(node.right, names)
         return
@@ -112,7 +116,10 @@ def compile_check(source: str) -> CompiledCheck:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise CheckSyntaxError(f"cannot parse {source!r}: {exc.msg} (column {exc.offset})") from None
+        hint = ""
+        if re.search(r"(?<![<>=!])=(?!=)", source):
+            hint = "; compare with '==', not '='"
+        raise CheckSyntaxError(f"cannot parse {source!r}: {exc.msg} (column {exc.offset}){hint}") from None
     names: list[str] = []
     _validate(tree.body, names, top=True)
     body = tree.body

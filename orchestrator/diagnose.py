@@ -100,7 +100,7 @@ def _rx(*parts: str) -> re.Pattern[str]:
 CUDA_OOM = _rx(r"CUDA out of memory", r"torch\.cuda\.OutOfMemoryError", r"OutOfMemoryError",
                r"CUBLAS_STATUS_ALLOC_FAILED", r"CUDA error: out of memory", r"HIP out of memory",
                r"RESOURCE_EXHAUSTED")
-HOST_OOM = _rx(r"^MemoryError\b", r"\bMemoryError\b", r"oom[-_ ]kill", r"Out of memory: Kill", r"OUT_OF_MEMORY",
+HOST_OOM = _rx(r"^MemoryError\b", r"DefaultCPUAllocator: can.t allocate memory", r"\bMemoryError\b", r"oom[-_ ]kill", r"Out of memory: Kill", r"OUT_OF_MEMORY",
                r"std::bad_alloc", r"Cannot allocate memory", r"failed to map segment from shared object",
                r"Some of your processes may have been killed by the cgroup out-of-memory handler",
                r"exceeded (?:job )?memory limit")
@@ -157,11 +157,16 @@ def last_exception(lines: list[str]) -> tuple[Optional[str], list[str]]:
     return exc, frames
 
 
+_LIBRARY = re.compile(r'File "(?:<frozen |[^"]*/(?:lib/python3[^/]*|site-packages|dist-packages)/)')
+
+
 def _where(frames: list[str]) -> Optional[str]:
+    """`file.py:LINE in func` of the innermost frame in the user's code (not the stdlib or a package)."""
     files = [f for f in frames if f.startswith("File ")]
     if not files:
         return None
-    m = re.match(r'File "([^"]+)", line (\d+)(?:, in (\S+))?', files[-1])
+    own = [f for f in files if not _LIBRARY.match(f)]
+    m = re.match(r'File "([^"]+)", line (\d+)(?:, in (\S+))?', (own or files)[-1])
     if not m:
         return None
     return f"{Path(m.group(1)).name}:{m.group(2)}" + (f" in {m.group(3)}" if m.group(3) else "")

@@ -25,7 +25,7 @@ def _plt() -> Any:
 def png_bytes(fig: Any) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
@@ -59,7 +59,7 @@ def training_curves(d: RunData) -> bytes | None:
     plt = _plt()
     cols = 2 if len(panels) > 1 else 1
     rows = (len(panels) + 1) // 2
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax, (title, lines, logy) in zip(axes.flat, panels):
         for label, (xs, ys) in lines:
             if xs:
@@ -95,15 +95,18 @@ def length_generalization(d: RunData, at: str = "last") -> bytes | None:
     if len(xs) < 2:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
     ax.plot(xs, ys, marker="o")
-    _length_axes(ax)
+    _length_axes(ax, xs)
     ax.set_title(f"{d.name}: perplexity vs position ({at})")
     return png_bytes(fig)
 
 
-def _length_axes(ax: Any) -> None:
+def _length_axes(ax: Any, xs: Sequence[float]) -> None:
     ax.set_xscale("log", base=2)
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("sequence length (x training window)")
     ax.set_ylabel("perplexity")
@@ -119,7 +122,7 @@ def compare_figure(items: Sequence[RunData], metrics: Sequence[str], at: str = "
     plt = _plt()
     cols = min(panels, 2)
     rows = (panels + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4 * rows), squeeze=False, layout="constrained")
     flat = list(axes.flat)
     for ax, metric in zip(flat, metrics):
         for d in items:
@@ -144,7 +147,7 @@ def compare_figure(items: Sequence[RunData], metrics: Sequence[str], at: str = "
         for d, (xs, ys) in lengths:
             ax.plot(xs, ys, marker="o", label=d.label)
             plotted += 1
-        _length_axes(ax)
+        _length_axes(ax, [x for _, (xs, _) in lengths for x in xs])
         ax.set_title(f"length generalization ({at})")
         ax.legend(fontsize=8)
     for ax in flat[panels:]:

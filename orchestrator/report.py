@@ -27,7 +27,9 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4e}"
+        if v.is_integer() and abs(v) < 1e15 or 1000 <= abs(v) < 1e9:
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.0f}"
+        return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         v = ", ".join(str(x) for x in v) if len(v) <= 8 else f"{len(v)} items"
     text = str(v).replace("|", "\\|").replace("\n", " ")
@@ -55,11 +57,11 @@ def _config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def _results_rows(d: RunData) -> list[tuple[str, Any, Any]]:
     final, best = d.final(), d.best()
-    keys = [k for k in dict.fromkeys(list(final) + list(best)) if k != "step" or True]
+    keys = list(dict.fromkeys(list(final) + list(best)))
     rows = []
     for k in keys:
         f, b = final.get(k), best.get(k)
-        if is_number(f) or is_number(b) or (isinstance(f, str) and len(f) < 60):
+        if any(is_number(v) or (isinstance(v, str) and len(v) < 60) for v in (f, b)):
             rows.append((k, "" if f is None else f, "" if b is None else b))
     return rows
 

@@ -46,7 +46,7 @@ class Run:
     @property
     def record(self) -> dict[str, Any]:
         if self._record is None:
-            self._record = read_json(self.paths.run_json, default={}) or {}
+            self._record = read_json(self.paths.fast("run_json"), default={}) or {}
         return self._record
 
     def reload(self) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.record.get("name") or self.paths.root.parent.name
+        return self.record.get("name") or self.paths.group
 
     @property
     def state(self) -> State:
@@ -139,9 +139,10 @@ class ResultsRoot:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
-                if entry.is_dir() and not entry.name.startswith("."):
-                    if os.path.exists(os.path.join(entry.path, "run.json")):
-                        yield Run(RunPaths(Path(entry.path)))
+                if not entry.name.startswith(".") and entry.is_dir():
+                    run = Run(RunPaths(entry.path))
+                    if run.record:  # has a readable run.json
+                        yield run
 
     def resolve(self, ref: str) -> Run:
         """A run from its id, a unique prefix of it, `name/run_id`, or a run folder path."""
@@ -171,7 +172,7 @@ class ResultsRoot:
         for ref in refs:
             group = self.root / ref
             if "/" not in ref and group.is_dir() and not (group / "run.json").exists():
-                runs = [r for r in self.iter_runs() if r.paths.root.parent.name == ref]
+                runs = [r for r in self.iter_runs() if r.paths.group == ref]
                 if runs:
                     out.extend(runs)
                     continue

@@ -92,7 +92,7 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
                 view.state = run.state  # local: alive; the wrapper's record says QUEUED or RUNNING
     for view in views.values():
         if view.state in (State.RUNNING, State.STALLED):
-            view.heartbeat = read_heartbeat(view.run.paths.heartbeat)
+            view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
             age = heartbeat_age(view.heartbeat, now)
             if age is not None and age > _stall_after(view.run):
                 view.state = State.STALLED
@@ -100,7 +100,7 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
             elif view.state == State.STALLED and age is not None:
                 view.state = State.RUNNING
         elif view.state.terminal or view.state == State.QUEUED:
-            view.heartbeat = read_heartbeat(view.run.paths.heartbeat)
+            view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
     return [views[r.run_id] for r in runs]
 
 
@@ -139,7 +139,13 @@ def latest_metrics(run: Run) -> dict[str, Any]:
 
 
 def checks_summary(run: Run) -> Optional[str]:
-    data = read_json(run.paths.checks)
+    """'passed/total' from run.json's copy (written by `orch check`), else checks.json."""
+    cached = run.record.get("checks_summary")
+    if isinstance(cached, str):
+        return cached
+    if run.state.active:
+        return None
+    data = read_json(run.paths.fast("checks"))
     if not isinstance(data, dict):
         return None
     if "summary" in data and isinstance(data["summary"], str):

@@ -322,6 +322,8 @@ class Trainer:
             self._evaluate()
         if saved_at != self.step:
             self.save_checkpoint()
+        if ctx.is_main and spec.checkpoint.hf_format:
+            ctx.checkpoints.save_final(self.step, ctx.unwrap(self.model), self.tokens_seen, _floats(self.last_eval))
         outcome = Outcome(reason, self.step, metrics=dict(self.last_eval))
         extra = self.finish(outcome)
         self._write_final_metrics(outcome, extra)

@@ -8,8 +8,10 @@ Layout of a run's `ckpt/` folder::
         trainer_state.pt           optimizer, scheduler, sampler position, RNG states of every rank,
                                    step, tokens seen, training seconds so far, early-stopping state
         spec.yaml                  the resolved spec the run was trained with
-        manifest.json              written LAST: step, metrics, files and their sizes (the COMPLETE marker)
-    ckpt/best/                     model only (no optimizer), replaced when `checkpoint.metric` improves
+        manifest.json, COMPLETE    written last: step, metrics, files and their sizes; the marker
+    ckpt/best/                     model only (model/ + manifest), replaced when `checkpoint.metric` improves
+    ckpt/hf-final/                 model only, written when training ends: `ckpt/hf-final/model` is the
+                                   final model for transformers users
     ckpt/.tmp-*                    a save in progress (or one a crash interrupted); never read
 
 A save goes to `ckpt/.tmp-<name>-<pid>/`, each file is fsynced, then the folder is renamed into
@@ -38,9 +40,11 @@ import numpy as np
 import torch
 
 MANIFEST = "manifest.json"
+COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.pt"
 MODEL_DIR = "model"
 BEST = "best"
+FINAL = "hf-final"
 FORMAT = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -261,6 +265,7 @@ class CheckpointManager:
             manifest = {"complete": True, "format": FORMAT, "kind": kind, "step": step, "tokens_seen": tokens_seen,
                         "metrics": metrics, "created_at": time.time(), "files": _file_sizes(tmp)}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+            (tmp / COMPLETE).write_text(f"{step}\n")  # the marker other tools (preserve) look for
             _fsync_tree(tmp)
             final = self.root / name
             _replace_dir(tmp, final)
@@ -290,6 +295,10 @@ class CheckpointManager:
     def save_best(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Path:
         """Replace `best/` (model weights only: it is for generation and comparison, not for resuming)."""
         return self._write(BEST, step, "best", lambda dst: self._fill_model(model, dst), tokens_seen, metrics)
+
+    def save_final(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Path:
+        """`hf-final/`: the trained model + tokenizer in one HF folder (`hf-final/model`), for transformers users."""
+        return self._write(FINAL, step, "final", lambda dst: self._fill_model(model, dst), tokens_seen, metrics)
 
     def rotate(self) -> list[Path]:
         """Delete all but the newest `keep_last` step checkpoints (damaged ones count as nothing)."""

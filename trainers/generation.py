@@ -58,11 +58,11 @@ def _sample_loop(
     top_k: int | None, top_p: float | None, eos_id: int | None,
 ) -> torch.Tensor:
     """nanoGPT's generate: crop to the last `window` tokens, pick the next token, repeat."""
-    warpers = _warpers(temperature, top_k, top_p)
+    warpers = _warpers(float(temperature), top_k, top_p) if temperature > 0 else None
     for _ in range(max_new_tokens):
         context = ids[:, -window:]
         logits = model(input_ids=context).logits[:, -1, :].float()
-        if temperature == 0:
+        if warpers is None:
             next_id = logits.argmax(dim=-1, keepdim=True)
         else:
             probs = torch.softmax(warpers(context, logits), dim=-1)
@@ -83,7 +83,7 @@ def _hf_generate(
     options: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         # top_k=0 disables top-k: left unset, transformers would apply its default of 50.
-        options = {"do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+        options = {"do_sample": True, "temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0}
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_id,

@@ -70,6 +70,22 @@ def build_scheduler(train: Any, optimizer: torch.optim.Optimizer, total_steps: O
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, *args) / train.lr)
 
 
+class _Autocast:
+    """Accelerate's autocast as a context manager that can be entered again and again (once per eval batch)."""
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        self._active: list[Any] = []
+
+    def __enter__(self) -> None:
+        cm = self.accelerator.autocast()
+        cm.__enter__()
+        self._active.append(cm)
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._active.pop().__exit__(*exc)
+
+
 # ----------------------------------------------------------------------------- the trainer
 class LMTrainer(Trainer):
     """Causal LM pretraining on random contiguous blocks (nanoGPT), any transformers causal LM."""
@@ -164,7 +180,7 @@ class LMTrainer(Trainer):
         total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
         if mine:
             batches = iter_eval_batches(tokens, self.block, bs, ev.batches, seed, ctx.device, ctx.rank, ctx.world_size)
-            result = estimate_loss(raw, batches, ctx.accelerator.autocast(), return_hidden=want_hidden)
+            result = estimate_loss(raw, batches, _Autocast(ctx.accelerator), return_hidden=want_hidden)
             loss = result.loss if want_hidden else result
             total += torch.tensor([loss * mine, mine], dtype=torch.float64, device=ctx.device)
         total = ctx.reduce_sum(total)
@@ -185,13 +201,13 @@ class LMTrainer(Trainer):
             extra.update(effective_rank_stats(res.hidden))
         if res is not None and ev.diversity:
             extra["prediction_diversity"] = float(prediction_diversity(res.predictions))
-        metrics.update(ctx.reduce_mean(extra) if extra or ctx.world_size > 1 else {})
+        metrics.update(ctx.reduce_mean(extra))  # every process has batches: eval.batches >= processes
         if ev.diversity and res is not None and ctx.is_main:
             metrics["top_predictions"] = top_predictions(res.predictions, self.tokenizer, k=5)
         if ev.length_multiples and ctx.is_main:  # main only: a research diagnostic, not a stopping metric
             bs = ev.batch_size or self.spec.train.batch_size
             metrics.update(evaluate_lengths(ctx.unwrap(self.model), self.data.val, self.block, ev.length_multiples,
-                                            bs, ev.batches, ctx.device, autocast_ctx=ctx.accelerator.autocast()))
+                                            bs, ev.batches, ctx.device, autocast_ctx=_Autocast(ctx.accelerator)))
         return metrics
 
     # ---- the end --------------------------------------------------------------------------------
@@ -209,8 +225,7 @@ class LMTrainer(Trainer):
         n = self.params["total"]
         optimal = CHINCHILLA_TOKENS_PER_PARAM * n
         ratio = self.tokens_seen / optimal if optimal else None
-        newest = ctx.checkpoints.latest_valid()
-        best = ctx.paths.ckpt / "best" / "model"
+        final, best = ctx.paths.ckpt / "hf-final" / "model", ctx.paths.ckpt / "best" / "model"
         return {
             "params": self.params,
             "tokens_per_param": self.tokens_seen / n if n else None,
@@ -224,7 +239,7 @@ class LMTrainer(Trainer):
                                                        if ratio < 0.8 else "over-trained (more than 20 tokens per parameter)"
                                                        if ratio > 1.25 else "about compute-optimal"),
             },
-            "hf_final": str(newest.model_dir) if newest else None,
+            "hf_final": str(final) if final.is_dir() else None,
             "hf_best": str(best) if best.is_dir() else None,
             "tokenizer": str(ctx.paths.tokenizer),
         }

@@ -149,20 +149,24 @@ _PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    """Peak FLOP/s of a CUDA device at `precision` (fp32, tf32, bf16, fp16); None on CPU or unknown GPUs."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
+def peak_flops_for_name(name: str, precision: str) -> float | None:
+    """Peak FLOP/s of the GPU called `name` (as `torch.cuda.get_device_name` says) at `precision`."""
     precision = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(precision, precision)
-    if precision == "fp32" and torch.get_float32_matmul_precision() != "highest":
-        precision = "tf32"  # fp32 matmuls run on tensor cores when TF32 is allowed
     for key, table in _PEAK_TFLOPS:
         if key in name:
             tflops = table.get(precision)
             return tflops * 1e12 if tflops is not None else None
     return None
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s of a CUDA device at `precision` (fp32, tf32, bf16, fp16); None on CPU or unknown GPUs."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    if precision in ("fp32", "float32") and torch.get_float32_matmul_precision() != "highest":
+        precision = "tf32"  # fp32 matmuls run on tensor cores when TF32 is allowed
+    return peak_flops_for_name(torch.cuda.get_device_name(device), precision)
 
 
 def supports_length_extrapolation(model: Any) -> tuple[bool, str]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..runs import Run
-from ..spec import Spec
 from ..states import State
+
+if TYPE_CHECKING:  # the spec pulls in pydantic; `orch status` must not pay for it
+    from ..runs import Run
+    from ..spec import Spec
 
 
 @dataclass
@@ -30,8 +32,8 @@ class JobStatus:
 class SubmitItem:
     """One run to submit, with its validated spec."""
 
-    run: Run
-    spec: Spec
+    run: "Run"
+    spec: "Spec"
 
 
 @dataclass

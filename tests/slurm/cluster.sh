@@ -24,6 +24,8 @@
 #                            (default 120 s); 30 s keeps the requeue tests short.
 #   SchedulerParameters=sched_interval=5,bf_interval=5
 #                            a requeued job is noticed within seconds of becoming eligible.
+#   RealMemory=16000         per node (more than this machine has, as nothing enforces it): a spec's
+#                            default mem of 8G must fit a node, as it does on real clusters.
 #   JobAcctGatherType=none   no per-job polling threads on a 2-core machine; sacct still has
 #                            states and exit codes.
 set -euo pipefail
@@ -187,7 +189,7 @@ SlurmdTimeout=300
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 $storage
-NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17002 CPUs=2 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN
+NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17002 CPUs=2 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
     install_if_changed "$ETC/cgroup.conf" 644 <<EOF || true
@@ -207,6 +209,18 @@ StorageUser=$DB_USER
 StoragePass=$DB_PASS
 StorageLoc=$DB_NAME
 EOF
+}
+
+# Node names must resolve like on a real cluster: a multi-node job finds its head node with
+# `scontrol show hostnames` and connects to it by name (torch rendezvous).
+ensure_hosts() {
+    local n
+    for n in "${NODES[@]}"; do
+        if ! getent hosts "$n" >/dev/null; then
+            echo "127.0.0.1 $n  # orch test cluster" >>/etc/hosts
+            log "added $n to /etc/hosts"
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- daemons
@@ -328,6 +342,7 @@ cmd_up() {
     [[ $(id -u) == 0 ]] || die "must run as root"
     ensure_packages
     write_configs "$accounting"
+    ensure_hosts
     CLUSTER_ADDED=0
     start_munge
     if [[ $accounting == yes ]]; then

@@ -13,6 +13,7 @@ from trainers.models import (
     flops_per_token,
     param_counts,
     peak_flops,
+    peak_flops_for_name,
     supports_length_extrapolation,
 )
 
@@ -118,6 +119,16 @@ def test_flops_per_token_is_the_palm_estimate():
 def test_peak_flops_is_none_on_cpu():
     assert peak_flops(torch.device("cpu"), "bf16") is None
     assert peak_flops(torch.device("cpu"), "fp32") is None
+
+
+def test_peak_flops_table_by_device_name():
+    assert peak_flops_for_name("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops_for_name("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert peak_flops_for_name("NVIDIA H200", "bf16") == 989e12
+    assert peak_flops_for_name("NVIDIA A100-SXM4-80GB", "bfloat16") == 312e12
+    assert peak_flops_for_name("NVIDIA L40S", "fp16") == 362e12
+    assert peak_flops_for_name("Tesla V100-SXM2-32GB", "bf16") is None  # no bf16 tensor cores
+    assert peak_flops_for_name("Some Future GPU", "bf16") is None
 
 
 def test_unknown_arch_is_rejected():

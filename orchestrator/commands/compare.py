@@ -1,0 +1,62 @@
+"""`orch compare RUN_OR_BUNDLE...`: spec differences and metrics side by side, plus plots."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..atomicio import atomic_write_bytes
+from ..errors import UserError
+from ..rundata import open_source, unique_labels
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("refs", nargs="+", metavar="RUN_OR_BUNDLE",
+                   help="run ids, prefixes, names (all runs of it), run folders or bundle folders")
+    p.add_argument("--metrics", metavar="A,B", help="metrics to show and plot (default: val_loss, val_ppl "
+                   "and any val_ppl@Nx)")
+    p.add_argument("--at", default="best", metavar="WHEN", help="best (default), last or step=N")
+    p.add_argument("--plot", metavar="FILE.png", help="write evolution plots (metric vs step, and perplexity "
+                   "vs position multiple for length-generalization runs)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+
+
+def _expand(refs: list[str], results: Path) -> list:
+    from ..runs import ResultsRoot
+
+    out = []
+    for ref in refs:
+        group = results / ref
+        if "/" not in ref and not Path(ref).exists() and group.is_dir() and not (group / "run.json").exists():
+            for r in ResultsRoot(results).resolve_many([ref]):
+                out.append(open_source(str(r.paths.root), results))
+            continue
+        out.append(open_source(ref, results))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UserError(f"--plot {args.plot}: the file name must end in .png")
+    items = _expand(args.refs, args.results)
+    unique_labels(items)
+    from ..compare import compare
+
+    cmp = compare(items, args.metrics, args.at)
+    if args.json:
+        print(json.dumps(cmp.to_json(), indent=2, default=str))
+    elif args.csv:
+        sys.stdout.write(cmp.to_frame().to_csv())
+    else:
+        print(cmp.render())
+    if args.plot:
+        from ..plotting import compare_figure
+
+        png = compare_figure(items, [m for m in cmp.metrics if "@" not in m], args.at)
+        out = Path(args.plot)
+        atomic_write_bytes(out, png)
+        print(f"wrote {out}", file=sys.stderr if (args.json or args.csv) else sys.stdout)
+    return 0

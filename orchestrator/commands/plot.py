@@ -1,0 +1,30 @@
+"""`orch plot RUN [--out FILE.png]`: the training and validation curves of one run or bundle."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..atomicio import atomic_write_bytes
+from ..errors import UserError
+from ..rundata import open_source
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ref", metavar="RUN", help="a run id, prefix, run folder or bundle folder")
+    p.add_argument("--out", metavar="FILE.png", help="where to write (default: ./<run_id>_curves.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    d = open_source(args.ref, args.results)
+    out = Path(args.out or f"{d.run_id}_curves.png")
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the file name must end in .png")
+    from ..plotting import training_curves
+
+    png = training_curves(d)
+    if png is None:
+        raise UserError(f"{d.run_id} has logged no curves yet (eval/metrics_history.jsonl and "
+                        "logs/train_diagnostics.jsonl are empty or missing)")
+    atomic_write_bytes(out, png)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,55 @@
+"""`orch preserve RUN...`: copy runs into verified bundles (see orchestrator/preserve.py)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..ckptselect import POLICIES
+from ..errors import UserError
+from ..preserve import ARCHIVES, preserve
+from ..rundata import RunData
+from ..runs import ResultsRoot
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, prefixes, names (all runs of it) or folders")
+    p.add_argument("--dest", metavar="DIR", help="where bundles go (default: the spec's preserve.dest, "
+                   "else preserved_data)")
+    p.add_argument("--checkpoints", choices=POLICIES, default=None,
+                   help="which checkpoint folders to keep (default: the spec's preserve.checkpoints, else best)")
+    p.add_argument("--archive", choices=ARCHIVES, default=None, help="write one archive instead of a folder")
+    p.add_argument("--force", action="store_true", help="replace an existing, different bundle of the run")
+    p.add_argument("--copy", action="store_true",
+                   help="copy checkpoints byte by byte (default: reflink or hard link where possible)")
+
+
+def _spec_preserve(d: RunData) -> dict:
+    section = d.spec.get("preserve")
+    return section if isinstance(section, dict) else {}
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = ResultsRoot(args.results).resolve_many(args.runs)
+    seen: set[Path] = set()
+    for r in runs:
+        if r.paths.root.resolve() in seen:
+            continue
+        seen.add(r.paths.root.resolve())
+        d = RunData(r.paths.root, "run")
+        conf = _spec_preserve(d)
+        dest = Path(args.dest or conf.get("dest") or "preserved_data")
+        policy = args.checkpoints or conf.get("checkpoints") or "best"
+        if policy not in POLICIES:
+            raise UserError(f"{r.run_id}: spec preserve.checkpoints {policy!r} is not one of {', '.join(POLICIES)}")
+        out = preserve(d, dest, checkpoints=policy, archive=args.archive, force=args.force, copy=args.copy,
+                       log=lambda s: print(s))
+        for note in out.notes:
+            print(f"  note: {note}")
+        size = out.bytes / 2**20
+        if out.status == "unchanged":
+            print(f"{r.run_id}: unchanged {out.path} ({out.files} files, {size:.1f} MiB; same manifest)")
+        else:
+            linked = f", {out.linked} linked" if out.linked else ""
+            print(f"{r.run_id}: {out.status} {out.path} ({out.files} files, {size:.1f} MiB{linked}, "
+                  f"{out.seconds:.1f}s)")
+    return 0

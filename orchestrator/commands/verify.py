@@ -1,0 +1,33 @@
+"""`orch verify BUNDLE...`: check every file of bundles against their MANIFEST.sha256.
+
+Exit 0 when all match; otherwise name the missing, changed and unexpected files and exit 1.
+A path that is not a bundle at all is a usage error (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..manifest import iter_lines, verify_bundle
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folders or archives (.tar, .tar.gz, .tar.zst)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = [verify_bundle(Path(b)) for b in args.bundles]  # all usage errors surface before output
+    bad = 0
+    for res in results:
+        if res.ok:
+            if not args.quiet:
+                print(f"OK {res.bundle}: {res.checked} files match {len(res.missing) + res.checked} in the manifest")
+            continue
+        bad += 1
+        print(f"FAILED {res.bundle}: {len(res.missing)} missing, {len(res.changed)} changed, "
+              f"{len(res.unexpected)} unexpected")
+        for label, items in (("missing", res.missing), ("changed", res.changed), ("unexpected", res.unexpected)):
+            for line in iter_lines(items, 50):
+                print(f"  {label}: {line}")
+    return 1 if bad else 0

@@ -1,0 +1,101 @@
+"""`orch compare`, `orch plot` and `orchestrator.load` on a fabricated 3-point sweep."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from runfactory import make_run, orch
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    for i, lr in enumerate((1e-3, 3e-3, 1e-2)):
+        make_run(results, name="lrsweep", seed=i + 1, lr=lr, sweep_point={"train.lr": lr}, ckpt_bytes=1024)
+    return results
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.stat().st_size > 10_000
+    img = mpimg.imread(path)
+    assert img.shape[0] >= 300 and img.shape[1] >= 400
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05
+    assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.2).mean() > 0.002  # coloured run lines, not just grey axes
+
+
+def test_compare_sweep_table_and_plot(sweep: Path, tmp_path: Path) -> None:
+    png = tmp_path / "out" / "cmp.png"
+    res = orch("compare", "lrsweep", "--plot", str(png), results=sweep, cwd=tmp_path, check=True)
+    out = res.stdout
+    assert "spec differences:" in out and "train.lr" in out
+    assert "model.d_model" not in out  # equal everywhere: not shown
+    for label in ("lr=0.001", "lr=0.003", "lr=0.01"):
+        assert label in out
+    assert "val_ppl@2x" in out and "val_loss" in out
+    _png_ok(png)
+
+
+def test_compare_json_csv_at_step(sweep: Path, tmp_path: Path) -> None:
+    data = json.loads(orch("compare", "lrsweep", "--json", "--at", "step=100", "--metrics", "val_loss",
+                           results=sweep, cwd=tmp_path, check=True).stdout)
+    assert data["at"] == "step=100" and len(data["runs"]) == 3
+    assert set(data["spec_differences"]) >= {"train.lr"}
+    assert all(v == 100 for v in data["metrics"]["step"].values())
+    losses = list(data["metrics"]["val_loss"].values())
+    assert len(set(losses)) == 3
+    rows = list(csv.reader(io.StringIO(orch("compare", "lrsweep", "--csv", results=sweep, cwd=tmp_path,
+                                            check=True).stdout)))
+    assert rows[0][:2] == ["key", "section"] and len(rows[0]) == 5
+    assert any(r[0] == "train.lr" and r[1] == "spec" for r in rows)
+
+
+def test_runs_and_bundles_interchangeable(sweep: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "preserved"
+    orch("preserve", "lrsweep", "--dest", str(dest), "--checkpoints", "none", results=sweep, cwd=tmp_path, check=True)
+    bundles = sorted(p for p in dest.iterdir() if not p.name.startswith("."))
+    assert len(bundles) == 3
+    run_ids = sorted(p.name for p in (sweep / "lrsweep").iterdir())
+    res = orch("compare", str(bundles[0]), run_ids[1], "--json", results=sweep, cwd=tmp_path, check=True)
+    data = json.loads(res.stdout)
+    assert [r["kind"] for r in data["runs"]] == ["bundle", "run"]
+    png = tmp_path / "plot.png"
+    orch("plot", str(bundles[1]), "--out", str(png), results=sweep, cwd=tmp_path, check=True)
+    _png_ok(png)
+
+
+def test_compare_errors(sweep: Path, tmp_path: Path) -> None:
+    for args in (("compare", "lrsweep", "--metrics", "bogus"), ("compare", "lrsweep", "--at", "sometime"),
+                 ("compare", "lrsweep", "--at", "step=x"), ("compare", "nope"),
+                 ("compare", "lrsweep", "--plot", str(tmp_path / "x.jpg")), ("compare", "lrsweep", "--json", "--csv")):
+        res = orch(*args, results=sweep, cwd=tmp_path)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def test_plot_default_out(sweep: Path, tmp_path: Path) -> None:
+    rid = sorted(p.name for p in (sweep / "lrsweep").iterdir())[0]
+    orch("plot", rid, results=sweep, cwd=tmp_path, check=True)
+    _png_ok(tmp_path / f"{rid}_curves.png")
+
+
+def test_notebook_load(sweep: Path, tmp_path: Path) -> None:
+    import orchestrator
+
+    data = orchestrator.load(sweep)
+    assert len(data.runs) == 3 and {"run_id", "state", "final.val_loss", "sweep.train.lr"} <= set(data.runs.columns)
+    assert len(data.history) == 3 * 5 and "val_ppl@2x" in data.history.columns
+    assert len(data.diagnostics) == 3 * 21 and "grad_norm" in data.diagnostics.columns
+    merged = data.history.merge(data.runs[["run_id", "sweep.train.lr"]], on="run_id")
+    assert merged.groupby("sweep.train.lr")["val_loss"].min().is_monotonic_increasing
+    dest = tmp_path / "preserved"
+    orch("preserve", "lrsweep", "--dest", str(dest), "--checkpoints", "none", results=sweep, cwd=tmp_path, check=True)
+    assert len(orchestrator.load(dest).runs) == 3
+    one = next(p for p in dest.iterdir() if not p.name.startswith("."))
+    assert orchestrator.load(one).runs.loc[0, "kind"] == "bundle"
