@@ -28,7 +28,9 @@ from orchestrator.backends.local import make_job_id  # noqa: E402
 STATES = ["COMPLETED"] * 5 + ["FAILED", "CANCELLED", "TIMEOUT", "RUNNING", "QUEUED"]
 
 
-def build(root: Path, runs: int, lines: int, seed: int = 0) -> None:
+def build(root: Path, runs: int, lines: int, seed: int = 0, mirror: bool = True) -> None:
+    """A tree as orch writes it; `mirror=False` drops the heartbeat's copy of the last evaluation
+    (as a custom trainer might), so status must read the history's tail from the end."""
     rng = random.Random(seed)
     shared = root / ".history.jsonl"
     with open(shared, "w") as fh:
@@ -44,12 +46,15 @@ def build(root: Path, runs: int, lines: int, seed: int = 0) -> None:
         state = rng.choice(STATES)
         rec = {"run_id": rid, "name": name, "state": state, "backend": "local", "total_steps": 20000,
                "attempts": [{"n": 1, "backend": "local", "job_id": alive, "started_at": "2026-11-22T00:00:00"}]}
-        (d / "run.json").write_text(json.dumps(rec))
-        (d / "heartbeat.json").write_text(json.dumps({"time": now, "step": 1234, "total_steps": 20000,
-                                                      "train_loss": 2.5, "tokens_per_sec": 12345.0, "eta_s": 600}))
-        os.link(shared, d / "eval" / "metrics_history.jsonl")
         if state == "COMPLETED":
             (d / "checks.json").write_text(json.dumps({"summary": "3/3", "passed": True}))
+            rec["checks_summary"] = "3/3"  # `orch check` keeps a copy in run.json
+        (d / "run.json").write_text(json.dumps(rec))
+        beat = {"time": now, "step": 1234, "total_steps": 20000, "train_loss": 2.5, "tokens_per_sec": 12345.0, "eta_s": 600}
+        if mirror:
+            beat["last_eval"] = {"step": (lines - 1) * 10, "val_loss": 2.1, "val_ppl": 8.2}
+        (d / "heartbeat.json").write_text(json.dumps(beat))
+        os.link(shared, d / "eval" / "metrics_history.jsonl")
 
 
 def time_status(root: Path, repeat: int) -> tuple[float, float, int]:
@@ -79,6 +84,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10000)
     ap.add_argument("--lines", type=int, nargs="+", default=[10, 10000])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-mirror", action="store_true", help="heartbeats without last_eval: status reads each history's tail")
     args = ap.parse_args()
     base, base_cpu = time_startup(args.repeat)
     print(f"orch status --json on an empty tree (start-up): {base:.3f} s wall, {base_cpu:.3f} s CPU; "
@@ -88,7 +94,7 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix=f"orch-bench-{lines}-"))
         try:
             t0 = time.perf_counter()
-            build(root, args.runs, lines)
+            build(root, args.runs, lines, mirror=not args.no_mirror)
             built = time.perf_counter() - t0
             secs, cpu, count = time_status(root, args.repeat)
             assert count == args.runs, (count, args.runs)

@@ -57,6 +57,7 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["measured"] = {k: _jsonable(v) for k, v in self.measured.items()}
+        d["passed"] = self.status == PASS
         return d
 
 
@@ -79,11 +80,16 @@ class RunVerdict:
         counts: dict[str, int] = {}
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
+        judged = [r for r in self.results if r.status in (PASS, FAIL, UNKNOWN, ERROR)]
+        ok = sum(1 for r in judged if r.status == PASS)
+        summary = f"{ok}/{len(judged)} pass" + (f"; failing: {', '.join(r.name for r in self.failing)}"
+                                                 if self.failing else "")
         return {
             "run_id": self.run_id,
             "state": self.state,
             "checked_at": self.checked_at,
             "passed": self.passed,
+            "summary": summary,
             "counts": counts,
             "failing": [r.name for r in self.failing],
             "results": [r.to_dict() for r in self.results],

@@ -283,17 +283,28 @@ class JobWrapper:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: Optional[list[str]] = None
+    if "--" in argv:  # `... RUN_DIR --backend slurm -- srun ...`: run that instead of the trainer
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:] or None
     parser = argparse.ArgumentParser(prog="python -m orchestrator.jobwrap")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--backend", default="local", choices=["local", "slurm"])
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD...: run CMD instead of the trainer")
     args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else (args.command or None)
     with file_lock(RunPaths(args.run_dir).root / ".job.lock", blocking=False) as got:
         if not got:
             print("another job wrapper is already running this run", file=sys.stderr)
             return 1
-        return JobWrapper(args.run_dir, args.backend, command).main()
+        wrapper = JobWrapper(args.run_dir, args.backend, command)
+        try:
+            return wrapper.main()
+        except Exception as exc:  # the wrapper itself broke: say so in the run folder, not only in a log
+            import traceback
+
+            traceback.print_exc()
+            wrapper.run.set_state(State.FAILED, failure={"class": "wrapper_error", "summary": f"{type(exc).__name__}: {exc}"})
+            return 1
 
 
 if __name__ == "__main__":

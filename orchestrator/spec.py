@@ -143,7 +143,7 @@ class TrainSpec(Section):
     max_steps: Optional[int] = Field(None, ge=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     epochs: Optional[float] = Field(None, gt=0)
-    max_time: Optional[Union[str, float]] = Field(None, description="wall-clock training budget over all attempts")
+    max_time: Optional[Union[float, str]] = Field(None, description="wall-clock training budget over all attempts")
     batch_size: int = Field(12, ge=1, description="per-process micro-batch")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1.0e-3, gt=0)
@@ -296,7 +296,7 @@ FAILURE_CLASSES = (
 class RetrySpec(Section):
     max_attempts: int = Field(3, ge=1)
     on: list[Literal[FAILURE_CLASSES]] = Field(default_factory=lambda: ["preempted", "timeout", "node_fail"])  # type: ignore[valid-type]
-    backoff: Union[str, float] = Field(60, description="seconds before a resubmission (doubles each time)")
+    backoff: Union[float, str] = Field(60.0, description="seconds before a resubmission (doubles each time)")
     oom_halve_batch: bool = False
 
     @field_validator("backoff")
@@ -321,7 +321,7 @@ class PreserveSpec(Section):
 
 
 class MonitorSpec(Section):
-    stall_after: Union[str, float] = Field(600, description="seconds without a heartbeat before STALLED")
+    stall_after: Union[float, str] = Field(600.0, description="seconds without a heartbeat before STALLED")
     on_event: Optional[str] = Field(None, description="a command run with the event JSON on stdin")
     webhook: Optional[str] = None
     email: Optional[str] = None

@@ -127,6 +127,8 @@ def parse_squeue(text: str) -> dict[str, JobStatus]:
         # a job killed by a signal); only a waiting job's reason means something to a user.
         keep_reason = state == State.QUEUED
         for jid in expand_array_id(job_id):
+            if jid != job_id and jid in out:
+                continue  # a task's own line beats the range line of its array
             out[jid] = JobStatus(jid, state, raw, _clean(reason) if keep_reason else None, node=_clean(node))
     return out
 
@@ -145,7 +147,10 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
         job_id, raw, exit_text, node, reason = parts[:5]
         state = map_state(raw)
         code, sig = parse_exit_code(exit_text)
-        for jid in expand_array_id(job_id.strip()):
+        job_id = job_id.strip()
+        for jid in expand_array_id(job_id):
+            if jid != job_id and jid in out:
+                continue  # sacct's '41_[0-2%1]' range line may repeat tasks listed on their own
             out[jid] = JobStatus(
                 jid, state, raw.strip(), _clean(reason) if state == State.QUEUED else None,
                 exit_code=code, signal=sig or None, node=_clean(node),
@@ -197,6 +202,11 @@ def merge_statuses(live: dict[str, JobStatus], accounted: dict[str, JobStatus], 
     out: dict[str, JobStatus] = {}
     for jid in ids:
         q, a = live.get(jid), accounted.get(jid)
+        if q is None and "_" in jid and base_job_id(jid) in live:
+            # Tasks cancelled while still pending never become records of their own: squeue
+            # shows only the array's record ('41', CANCELLED), which speaks for them.
+            meta = live[base_job_id(jid)]
+            q = JobStatus(jid, meta.state, meta.raw_state, meta.reason, meta.exit_code, meta.signal, meta.node)
         if q is not None and (q.state is None or not q.state.terminal or a is None):
             status = q
             if a is not None and status.exit_code is None:

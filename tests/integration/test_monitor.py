@@ -23,8 +23,6 @@ import yaml
 
 from orchestrator.atomicio import read_json, read_jsonl
 
-pytestmark = pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else []
-
 FAULTY = "tests.fixtures.faulty:FaultyTrainer"
 
 
@@ -123,7 +121,6 @@ def test_data_error_is_classified_not_retried_and_alerted(orch, tmp_path: Path) 
     # idempotent: a second pass changes nothing and prints nothing
     res = orch("monitor", "--once")
     assert res.stdout == "" and kinds(orch, run_dir) == ["failed", "not_retried"]
-    st = orch("status", "--json", check=None) if False else None  # status is the lead's; class is in run.json
 
 
 # ----------------------------------------------------------------------------- SIGKILL + resume
@@ -191,7 +188,7 @@ def test_sigstop_becomes_stalled_and_is_handled_per_policy(orch, tmp_path: Path)
     wait_until(lambda: (read_json(wait / "heartbeat.json") or {}).get("time", 0) > time.time() - 3, 60, "a fresh beat")
     orch("monitor", "--once")
     assert kinds(orch, wait) == ["stalled", "recovered"] and rec(wait)["state"] == "RUNNING"
-    orch("cancel", kill.name, wait.name, check=None)
+    orch("cancel", kill.name, wait.name, check=False)
     for run_dir in (kill, wait):
         wait_state(run_dir, "CANCELLED", "COMPLETED", "FAILED", timeout=60)
 
@@ -216,8 +213,8 @@ def test_oom_under_a_memory_limit_is_oom_and_retried_with_half_the_batch(orch, t
     res = orch("monitor", "--once")
     r = rec(run_dir)
     assert r["attempts"][0]["failure_class"] == "oom", r.get("failure")
-    assert "Cannot allocate memory" in " ".join(r["attempts"] and read_json(run_dir / "run.json")["failure"]["evidence"]) \
-        if r.get("failure") else True
+    failed = [e for e in events(orch) if e.get("run_id") == run_dir.name and e["event"] == "failed"][0]
+    assert failed["class"] == "oom" and any("Cannot allocate memory" in e for e in failed["evidence"]), failed
     assert "OOM-HALVED" in res.stdout and "RETRIED" in res.stdout, res.stdout
     spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
     assert spec["train"]["batch_size"] == 4 and spec["train"]["grad_accum"] == 2
@@ -245,8 +242,8 @@ def test_five_concurrent_monitors_resubmit_each_failed_run_once(orch, tmp_path: 
         assert len(r["attempts"]) == 2, r["attempts"]
         assert kinds(orch, run_dir).count("retried") == 1
         assert r["attempts"][0]["failure_class"] == "user_error"
-        assert "KeyError: 'attention_mask'" in r["attempts"] and "" or "KeyError" in json.dumps(
-            [e for e in events(orch) if e.get("run_id") == run_dir.name])
+        failed = [e for e in events(orch) if e.get("run_id") == run_dir.name and e["event"] == "failed"]
+        assert len(failed) == 1 and failed[0]["exception"] == "KeyError: 'attention_mask'"
     for line in (orch.results / "events.jsonl").read_bytes().splitlines():
         json.loads(line)  # no torn or interleaved lines
     for run_dir in runs:

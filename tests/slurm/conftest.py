@@ -109,11 +109,9 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float 
 def squeue_field(job_id: str, fmt: str) -> str:
     out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id.split("_")[0], "-o", f"%i|{fmt}"],
                          capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        jid, _, value = line.partition("|")
-        if jid == job_id:
-            return value
-    return ""
+    found = dict(line.partition("|")[::2] for line in out.splitlines())
+    # tasks cancelled while pending have no line of their own: the array's record speaks for them
+    return found.get(job_id, found.get(job_id.split("_")[0], ""))
 
 
 def scontrol_job(job_id: str) -> str:

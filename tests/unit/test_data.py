@@ -75,16 +75,21 @@ def test_builtin_corpora_are_deterministic_and_small():
         builtin_text("nope")
 
 
-@pytest.mark.parametrize(("corpus", "drop"), [("grammar", 1.0), ("arith", 0.15)])
-def test_builtin_corpus_is_learned_within_60_cpu_steps(corpus: str, drop: float, tmp_path: Path):
+@pytest.mark.parametrize(("corpus", "drop"), [("grammar", 1.0), ("arith", 0.5)])
+def test_builtin_corpus_is_learned_within_60_cpu_steps(
+    corpus: str, drop: float, tmp_path: Path, request: pytest.FixtureRequest
+):
     """The quickstart's promise: validation loss visibly falls within ~60 steps of a tiny model on CPU.
 
-    Measured: grammar 3.27 -> 1.88, arith 2.66 -> 2.41 (its random digits are unpredictable by design).
+    Measured: grammar 3.27 -> 1.88, arith 2.66 -> 2.03.
     """
     from trainers.diagnostics import estimate_loss
     from trainers.models import build_model
 
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and robust on a busy 2-core machine
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     data = tokenize_to_memmap(DataSpec(builtin=corpus), CHAR, tmp_path, tmp_path / "cache")
     spec = {"arch": "gpt2", "n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 32}
     model = build_model(spec, data.tokenizer.vocab_size)

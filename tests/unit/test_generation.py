@@ -42,11 +42,11 @@ def test_sampling_is_reproducible_by_seed_and_leaves_global_rng_alone():
     model = _model()
     torch.manual_seed(42)
     state = torch.get_rng_state()
-    a = generate(model, TOK, ["the"], max_new_tokens=30, temperature=1.0, top_k=10, seed=1)
+    a = generate(model, TOK, ["the"], max_new_tokens=16, temperature=1.0, top_k=10, seed=1)
     assert torch.equal(torch.get_rng_state(), state)  # a mid-training sample keeps exact resume exact
-    assert a == generate(model, TOK, ["the"], max_new_tokens=30, temperature=1.0, top_k=10, seed=1)
-    assert a != generate(model, TOK, ["the"], max_new_tokens=30, temperature=1.0, top_k=10, seed=2)
-    assert len(generate(model, TOK, ["the"], max_new_tokens=30, temperature=0.7, top_p=0.9, seed=1)[0]) == 30
+    assert a == generate(model, TOK, ["the"], max_new_tokens=16, temperature=1.0, top_k=10, seed=1)
+    assert a != generate(model, TOK, ["the"], max_new_tokens=16, temperature=1.0, top_k=10, seed=2)
+    assert len(generate(model, TOK, ["the"], max_new_tokens=16, temperature=0.7, top_p=0.9, seed=1)[0]) == 16
 
 
 def test_gpt2_generates_past_its_window_by_cropping_the_context():

