@@ -9,6 +9,7 @@ Nothing secret is printed: evidence is redacted, and webhook URLs are shown by h
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -120,7 +121,7 @@ def post_webhook(url: str, event: dict[str, Any]) -> Optional[str]:
 def send_email(to: str, event: dict[str, Any]) -> Optional[str]:
     """Through `sendmail -t` when the system has one; an error string or None."""
     sendmail = shutil.which("sendmail") or next(
-        (p for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail") if shutil.os.path.exists(p)), None)  # type: ignore[attr-defined]
+        (p for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail") if os.path.exists(p)), None)
     if not sendmail:
         return "email: no sendmail on this machine"
     if "\n" in to or "\r" in to:

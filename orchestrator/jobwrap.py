@@ -221,7 +221,10 @@ class JobWrapper:
             return State.CANCELLED, "cancelled", False
         if rc == 0:
             return State.COMPLETED, None, False
-        if rc == EXIT_REQUEUE or self.time_killed:
+        warn_sig = getattr(signal, "SIG" + self.spec.resources.signal)
+        killed_by_warning = rc < 0 and -rc == warn_sig and (self.time_warned or warn_sig in self.signals_seen)
+        if rc == EXIT_REQUEUE or self.time_killed or killed_by_warning:
+            # killed_by_warning: the signal came before the trainer could handle it (still importing)
             cause = "timeout" if (self.time_warned or self._near_slurm_limit()) else "preempted"
             state = State.TIMEOUT if cause == "timeout" else State.PREEMPTED
             return state, cause, self._retry_allows(cause)

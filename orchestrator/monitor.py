@@ -13,7 +13,6 @@ most once. Every action is appended to `results/events.jsonl`.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -23,7 +23,7 @@ from typing import Any, Callable, Union
 
 from .atomicio import file_lock, read_json
 from .ckptselect import POLICIES, select
-from .errors import UserError
+from .errors import OrchError, UserError
 from .manifest import (MANIFEST_NAME, copy_hashed, diff_manifests, hash_bytes, hash_file, iter_lines,
                        read_manifest, render_manifest, walk_files)
 from .paths import check_name, inside
@@ -439,6 +439,16 @@ def _as_data(run: RunLike) -> RunData:
 def preserve(run: RunLike, dest: Path | str, *, checkpoints: str = "best", archive: str | None = None,
              force: bool = False, copy: bool = False, log: Callable[[str], None] | None = None) -> Outcome:
     """Preserve one run into `dest`; see the module docstring for the guarantees."""
+    try:
+        return _preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, copy=copy, log=log)
+    except OSError as exc:  # disk full, permissions, a file vanishing mid-copy: no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OrchError(f"preserve failed: {exc.strerror or exc}{where}; no bundle was written or changed",
+                        hint="fix the cause and run it again (half-built bundles are cleaned up)") from None
+
+
+def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str | None, force: bool,
+              copy: bool, log: Callable[[str], None] | None) -> Outcome:
     say = log or (lambda s: None)
     d = _as_data(run)
     if archive is not None and archive not in ARCHIVES:

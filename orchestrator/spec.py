@@ -400,6 +400,15 @@ class Spec(Section):
         return v
 
 
+def spec_class_for(trainer: Any) -> type[Spec]:
+    """The schema for a trainer: built-in trainers may bring their own sections (torch-free modules)."""
+    if trainer == "latentwire":
+        from .spec_latentwire import LatentWireSpec
+
+        return LatentWireSpec
+    return Spec
+
+
 # ------------------------------------------------------------------------------ loading
 @dataclass
 class ResolvedSpec:
@@ -509,12 +518,12 @@ def _unknown_key(hint: Optional[str]) -> tuple[str, Optional[str]]:
     return "unknown key", hint
 
 
-def check_key_path(path: str, origin: str) -> None:
+def check_key_path(path: str, origin: str, schema: type[Spec] = Spec) -> None:
     """Raise if a dotted key path (from --set or a sweep) names no field of the schema."""
     parts = path.split(".")
     if not all(parts):
         raise SpecError(f"{path!r} is not a key path like train.lr", file=origin)
-    current: Any = Spec
+    current: Any = schema
     for i, part in enumerate(parts):
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return  # inside a free-form dict (env, loss, config, sweep grid): anything goes
@@ -536,19 +545,19 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+def parse_overrides(items: list[str], schema: type[Spec] = Spec) -> list[tuple[str, Any]]:
     out = []
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"--set {item!r}: expected key.path=value, e.g. --set train.lr=3e-4", file="--set")
         key = key.strip()
-        check_key_path(key, "--set")
+        check_key_path(key, "--set", schema)
         out.append((key, parse_scalar(raw)))
     return out
 
 
-def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str, schema: type[Spec] = Spec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     sweep = data.get("sweep")
     if not sweep:
         return [({}, data)]
@@ -563,7 +572,7 @@ def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str) -> list[tuple
     for key, values in grid.items():
         f, line = lines.get(("sweep", "grid", key), (file, 0))
         try:
-            check_key_path(str(key), f)
+            check_key_path(str(key), f, schema)
         except SpecError as exc:
             msg = exc.message.split(": ", 1)[-1]
             raise SpecError(f"sweep key {key!r}: {msg}", file=f, line=line, key="sweep.grid", hint=exc.hint)
@@ -586,7 +595,7 @@ def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str) -> list[tuple
                 raise SpecError("expected a mapping of key paths to values", file=f, line=line, key=f"sweep.list[{i}]")
             for key in item:
                 try:
-                    check_key_path(str(key), f)
+                    check_key_path(str(key), f, schema)
                 except SpecError as exc:
                     msg = exc.message.split(": ", 1)[-1]
                     raise SpecError(f"sweep key {key!r}: {msg}", file=f, line=line, key=f"sweep.list[{i}]", hint=exc.hint)
@@ -601,7 +610,7 @@ def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str) -> list[tuple
     return out
 
 
-def _to_spec_errors(exc: ValidationError, lines: LineMap, file: str, prefix: str = "") -> SpecErrors:
+def _to_spec_errors(exc: ValidationError, lines: LineMap, file: str, prefix: str = "", schema: type[Spec] = Spec) -> SpecErrors:
     errors = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "list", "dict"))))
@@ -615,7 +624,7 @@ def _to_spec_errors(exc: ValidationError, lines: LineMap, file: str, prefix: str
                 break
         hint = None
         if err["type"] == "extra_forbidden":
-            msg, hint = _unknown_key(_did_you_mean(_schema_at(Spec, loc[:-1]), str(loc[-1]) if loc else ""))
+            msg, hint = _unknown_key(_did_you_mean(_schema_at(schema, loc[:-1]), str(loc[-1]) if loc else ""))
         elif err["type"] == "missing":
             msg = "required key is missing"
             hint = f"add '{loc[-1]}:' to the spec" if loc else None
@@ -641,30 +650,30 @@ def load_spec(
     path = Path(path)
     data, lines = _load_with_extends(path)
     file = str(path)
-    for key, value in parse_overrides(overrides or []):
+    trainer = dict(parse_overrides([o for o in overrides or [] if o.partition("=")[0].strip() == "trainer"])).get("trainer", data.get("trainer", "lm"))
+    schema = spec_class_for(trainer)
+    for key, value in parse_overrides(overrides or [], schema):
         set_path(data, key, value)
         lines[tuple(key.split("."))] = ("--set", 0)
     if backend is not None:
         data["backend"] = backend
+
+    def validate(d: dict[str, Any], prefix: str = "") -> Spec:
+        try:
+            return schema.model_validate(d)
+        except ValidationError as exc:
+            raise _to_spec_errors(exc, lines, file, prefix, schema)
+
     # Validate the base once: errors in the file are reported once, not once per sweep point.
     base = {k: v for k, v in data.items() if k != "sweep"}
-    try:
-        Spec.model_validate({**base, "sweep": None})
-    except ValidationError as exc:
-        raise _to_spec_errors(exc, lines, file)
-    points = _expand_sweep(data, lines, file)  # structural sweep errors, with their lines
+    validate({**base, "sweep": None})
+    points = _expand_sweep(data, lines, file, schema)  # structural sweep errors, with their lines
     if data.get("sweep") is not None:
-        try:
-            Spec.model_validate({**base, "sweep": data["sweep"]})
-        except ValidationError as exc:
-            raise _to_spec_errors(exc, lines, file)
+        validate({**base, "sweep": data["sweep"]})
     resolved = []
     for index, (point, d) in enumerate(points):
-        try:
-            spec = Spec.model_validate(d)
-        except ValidationError as exc:
-            label = ", ".join(f"{k}={v!r}" for k, v in point.items())
-            raise _to_spec_errors(exc, lines, file, prefix=f"sweep point {index} ({label}): ")
+        label = ", ".join(f"{k}={v!r}" for k, v in point.items())
+        spec = validate(d, prefix=f"sweep point {index} ({label}): " if point else "")
         resolved.append(ResolvedSpec(spec, d, path, point, index if data.get("sweep") else None))
     return resolved
 
@@ -681,10 +690,11 @@ def spec_from_run(spec_path: Path) -> Spec:
     from .yamlpos import safe_load
 
     data = safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    schema = spec_class_for(data.get("trainer", "lm"))
     try:
-        return Spec.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise _to_spec_errors(exc, {}, str(spec_path))
+        raise _to_spec_errors(exc, {}, str(spec_path), schema=schema)
 
 
 def json_schema() -> dict[str, Any]:

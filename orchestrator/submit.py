@@ -31,17 +31,25 @@ class PlannedGroup:
     deps: list[Run] = field(default_factory=list)
 
 
-def _absolutize(spec: Spec, base: Path) -> Spec:
-    """Relative local paths in a spec are relative to the spec file; the job may run elsewhere."""
+PATH_KEYS = (("data", "path"), ("tokenizer", "name_or_path"), ("model", "init_from"), ("resources", "template"))
+
+
+def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str]) -> Spec:
+    """Make local paths absolute, since the job may run elsewhere.
+
+    A path written in the spec file is relative to that file; one given with `--set` is relative to
+    the current directory, as any command-line path is. Hub ids (no such local path) are left alone.
+    """
     updates: dict[str, Any] = {}
-    if spec.data.path and not Path(spec.data.path).is_absolute():
-        updates["data"] = spec.data.model_copy(update={"path": str((base / spec.data.path).resolve())})
-    for section, key in (("tokenizer", "name_or_path"), ("model", "init_from")):
+    for section, key in PATH_KEYS:
         value = getattr(getattr(spec, section), key, None)
-        if value and not Path(value).is_absolute() and (base / value).exists():
-            updates[section] = getattr(spec, section).model_copy(update={key: str((base / value).resolve())})
-    if spec.resources.template and not Path(spec.resources.template).is_absolute():
-        updates["resources"] = spec.resources.model_copy(update={"template": str((base / spec.resources.template).resolve())})
+        if not value or Path(value).is_absolute():
+            continue
+        base = Path.cwd() if f"{section}.{key}" in overridden else spec_dir
+        candidate = (base / value).resolve()
+        if key == "path" or candidate.exists():  # data.path is always local; the others may be hub ids
+            current = updates.get(section, getattr(spec, section))
+            updates[section] = current.model_copy(update={key: str(candidate)})
     return spec.model_copy(update=updates) if updates else spec
 
 
@@ -72,6 +80,7 @@ def plan(
 ) -> list[PlannedGroup]:
     """Validate every spec first (nothing is created if any is bad), then make run folders."""
     loaded = [(f, load_spec(f, overrides, backend)) for f in spec_files]
+    overridden = {item.partition("=")[0].strip() for item in overrides}
     groups: list[PlannedGroup] = []
     made: dict[str, list[Run]] = {}
     provenance_cache: dict[Path, tuple[dict[str, Any], str]] = {}
@@ -86,7 +95,7 @@ def plan(
             provenance_cache[file] = collect(file, argv)
         items: list[SubmitItem] = []
         for r in resolved:
-            spec = _absolutize(r.spec, base)
+            spec = _absolutize(r.spec, base, overridden)
             record = {
                 "spec_file": str(file.resolve()),
                 "sweep_id": sweep_id,

@@ -132,6 +132,11 @@ class TrainerContext:
         self.rank: int = self.accelerator.process_index
         self.world_size: int = self.accelerator.num_processes
         self.device: torch.device = self.accelerator.device
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # Use the cores the job asked for, shared by the processes of this node, not every core of
+            # the machine: oversubscribed OpenMP threads spin and make a busy node 10x slower.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), self.spec.resources.cpus_per_task // local)))
         if self.is_main:
             self.paths.make_dirs()
         self.run = Run(self.paths)

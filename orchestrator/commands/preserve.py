@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..ckptselect import POLICIES
-from ..errors import UserError
+from ..errors import EXIT_USAGE, UserError
 from ..preserve import ARCHIVES, preserve
 from ..rundata import RunData
 from ..runs import ResultsRoot
@@ -31,6 +32,7 @@ def _spec_preserve(d: RunData) -> dict:
 def run(args: argparse.Namespace) -> int:
     runs = ResultsRoot(args.results).resolve_many(args.runs)
     seen: set[Path] = set()
+    failed = 0
     for r in runs:
         if r.paths.root.resolve() in seen:
             continue
@@ -41,8 +43,15 @@ def run(args: argparse.Namespace) -> int:
         policy = args.checkpoints or conf.get("checkpoints") or "best"
         if policy not in POLICIES:
             raise UserError(f"{r.run_id}: spec preserve.checkpoints {policy!r} is not one of {', '.join(POLICIES)}")
-        out = preserve(d, dest, checkpoints=policy, archive=args.archive, force=args.force, copy=args.copy,
-                       log=lambda s: print(s))
+        try:
+            out = preserve(d, dest, checkpoints=policy, archive=args.archive, force=args.force, copy=args.copy,
+                           log=lambda s: print(s))
+        except UserError as exc:
+            if len(runs) == 1:
+                raise
+            print(f"{r.run_id}: {exc.render()}", file=sys.stderr)  # go on with the other runs
+            failed += 1
+            continue
         for note in out.notes:
             print(f"  note: {note}")
         size = out.bytes / 2**20
@@ -52,4 +61,4 @@ def run(args: argparse.Namespace) -> int:
             linked = f", {out.linked} linked" if out.linked else ""
             print(f"{r.run_id}: {out.status} {out.path} ({out.files} files, {size:.1f} MiB{linked}, "
                   f"{out.seconds:.1f}s)")
-    return 0
+    return EXIT_USAGE if failed else 0

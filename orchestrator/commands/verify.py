@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
 from ..manifest import iter_lines, verify_bundle
 
 
@@ -17,7 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = [verify_bundle(Path(b)) for b in args.bundles]  # all usage errors surface before output
+    try:
+        results = [verify_bundle(Path(b)) for b in args.bundles]  # usage errors surface before any output
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename or 'the bundle'}: {exc.strerror or exc}") from None
     bad = 0
     for res in results:
         if res.ok:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import yaml
 
 from orchestrator.atomicio import read_json, read_jsonl
@@ -304,3 +303,17 @@ def test_monitor_rejects_a_missing_results_root(orch, tmp_path: Path) -> None:
 def test_monitor_loop_runs_passes(orch, tmp_path: Path) -> None:
     res = orch("monitor", "--loop", "--interval", "0.2", "--passes", "3")
     assert res.returncode == 0
+
+
+def test_finished_run_is_checked_and_preserved_once(orch, tmp_path: Path) -> None:
+    dest = tmp_path / "preserved"
+    run_dir = submit(orch, spec_file(tmp_path, "keeper", config={"fail": "none", "step_sleep": 0},
+                                     checks=["val_loss < 100", {"expr": "best.val_loss < 0", "severity": "warn"}],
+                                     preserve={"auto": True, "dest": str(dest), "checkpoints": "last"}))
+    wait_state(run_dir, "COMPLETED")
+    res = orch("monitor", "--once")
+    assert "DONE" in res.stdout and "PRESERVED" in res.stdout, res.stdout + res.stderr
+    assert read_json(run_dir / "checks.json")["passed"] is True
+    assert any(dest.iterdir())
+    orch("monitor", "--once")
+    assert kinds(orch, run_dir) == ["completed", "preserved"]

@@ -25,8 +25,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     base = tmp_path_factory.mktemp("e2e")
     spec = base / "qs_sweep.yaml"
     spec.write_text(f"extends: {QUICKSTART}\nname: qs-sweep\n"
-                    "train: {max_steps: 150}\neval: {every: 50, length_multiples: [2]}\n"
-                    "checkpoint: {every: 50, keep_last: 2}\n"
+                    "train: {max_steps: 60}\neval: {every: 20, batches: 4, length_multiples: [2]}\n"
+                    "checkpoint: {every: 20, keep_last: 2}\n"
                     "sweep: {grid: {train.lr: [0.001, 0.003, 0.01]}}\n")
     results = base / "results"
     res = orch("submit", str(spec), "--wait", results=results, cwd=base, timeout=900)

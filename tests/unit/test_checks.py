@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.atomicio import append_jsonl, atomic_write_json
-from orchestrator.checks import (Records, build_metrics, check_run, evaluate_check, flatten, read_records,
+from orchestrator.checks import (Records, build_metrics, check_run, evaluate_check, flatten,
                                  verify_checkpoint)
 from orchestrator.runs import ResultsRoot, Run
 from orchestrator.spec import Spec, spec_to_yaml

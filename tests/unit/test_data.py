@@ -21,7 +21,8 @@ from trainers.data import (
     tokenize_to_memmap,
 )
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+ROOT = Path(__file__).resolve().parents[2]  # the project root; the shared data sits beside it
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 CHAR = TokenizerSpec(type="char")
 
 
@@ -38,7 +39,7 @@ def test_text_file_splits_90_10_by_characters_like_nanogpt():
         pytest.skip(f"Tiny Shakespeare is not at {SHAKESPEARE} (the shared data folder is absent)")
     raw = SHAKESPEARE.read_text(encoding="utf-8")
     # A relative path is relative to the spec's folder.
-    train, val = load_text(DataSpec(path="../shared/data/tinyshakespeare/input.txt"), SHAKESPEARE.parents[3] / "main")
+    train, val = load_text(DataSpec(path="../shared/data/tinyshakespeare/input.txt"), ROOT)
     n = len(raw)
     assert train == raw[: int(n * 0.9)] and val == raw[int(n * 0.9) :]
 

@@ -1,0 +1,118 @@
+"""How much the `lm` trainer costs over a plain PyTorch loop: same model, data, optimizer and steps.
+
+    python bench/trainer_overhead.py [--steps 200] [--repeats 2] [--d-model 128] [--layers 4]
+
+(a) a hand-written loop (nanoGPT's: get batch, forward, cross-entropy, backward, clip, AdamW step,
+    cosine lr), no logging; (b) the `lm` trainer in this process with full logging (diagnostics
+    JSONL every `log_every` steps, heartbeat, signal and budget checks, Accelerate). Both time the
+    steps after a warm-up (start-up, tokenization and the final checkpoint are left out), alternating
+    a/b `--repeats` times; the median tokens/s of each and their ratio are printed. Target: >= 0.95.
+A benchmark, not a test: on a shared machine, run it when the machine is quiet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator.atomicio import read_jsonl  # noqa: E402
+from orchestrator.runs import ResultsRoot  # noqa: E402
+from orchestrator.spec import Spec, spec_to_yaml  # noqa: E402
+from trainers.data import BlockSampler, tokenize_to_memmap  # noqa: E402
+from trainers.lm import build_optimizer, lr_at  # noqa: E402
+from trainers.models import build_model  # noqa: E402
+
+
+def make_spec(args: argparse.Namespace) -> Spec:
+    return Spec.model_validate({
+        "name": "bench", "seed": 1337,
+        "model": {"arch": "gpt2", "n_layer": args.layers, "n_head": 4, "d_model": args.d_model,
+                  "max_seq_len": args.block, "dropout": 0.0},
+        "tokenizer": {"type": "char"},
+        "data": {"path": args.data} if args.data else {"builtin": "grammar"},
+        "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": 1e-3, "min_lr": 1e-4,
+                  "warmup_steps": 10, "log_every": args.log_every, "device": "cpu"},
+        "eval": {"every": 10**9, "at_end": False, "diversity": False},
+        "checkpoint": {"every": 10**9, "keep_last": 1, "keep_best": False, "hf_format": False},
+    })
+
+
+def plain_loop(spec: Spec, data, warmup: int) -> float:
+    """nanoGPT's loop by hand; tokens/s over the steps after `warmup`."""
+    t = spec.train
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, data.tokenizer.vocab_size)
+    model.train()
+    opt = build_optimizer(t, model, torch.device("cpu"))
+    sampler = BlockSampler(data.train, spec.model.max_seq_len, t.batch_size, spec.seed)
+    start = 0.0
+    for step in range(t.max_steps):
+        if step == warmup:
+            start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, t.lr, t.min_lr, t.warmup_steps or 0, t.max_steps, t.schedule)
+        x, y = sampler.next_batch("cpu")
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    loss.item()
+    elapsed = time.perf_counter() - start
+    return (t.max_steps - warmup) * t.batch_size * spec.model.max_seq_len / elapsed
+
+
+def trainer_run(spec: Spec, results: Path, warmup: int) -> float:
+    """The lm trainer with full logging; tokens/s from its own diagnostics timestamps (steps warmup..N)."""
+    from trainers.base import TrainerContext
+    from trainers.lm import LMTrainer
+
+    run = ResultsRoot(results).create_run(spec.name, {})
+    run.paths.spec.write_text(spec_to_yaml(spec))
+    LMTrainer(TrainerContext(run.paths.root, spec)).fit()
+    recs = {r["step"]: r for r in read_jsonl(run.paths.diagnostics)}
+    first, last = recs[warmup], recs[spec.train.max_steps]
+    return (last["tokens_seen"] - first["tokens_seen"]) / (last["time"] - first["time"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--data", default=None, help="a text file (default: the builtin grammar corpus)")
+    args = ap.parse_args()
+    spec = make_spec(args)
+    warmup = args.log_every * 2
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        data = tokenize_to_memmap(spec.data, spec.tokenizer, Path.cwd(), results / ".cache" / "tokens")
+        plain, ours = [], []
+        for i in range(args.repeats):
+            plain.append(plain_loop(spec, data, warmup))
+            ours.append(trainer_run(spec, results, warmup))
+            print(f"repeat {i + 1}: plain {plain[-1]:,.0f} tok/s, lm trainer {ours[-1]:,.0f} tok/s", flush=True)
+    p, o = statistics.median(plain), statistics.median(ours)
+    print(json.dumps({"model": f"gpt2 {args.layers}x{args.d_model}, block {args.block}, batch {args.batch}",
+                      "steps": args.steps, "threads": torch.get_num_threads(),
+                      "plain_tokens_per_sec": round(p), "trainer_tokens_per_sec": round(o),
+                      "ratio": round(o / p, 3), "target": 0.95}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
