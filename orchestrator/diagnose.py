@@ -301,6 +301,8 @@ def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool
     exit_code = att.get("exit_code", rec.get("exit_code"))
     sig = att.get("signal")
     state = backend_state or att.get("backend_state")
+    if not state and rec.get("state") in ("CANCELLED", "TIMEOUT", "PREEMPTED"):
+        state = rec["state"]  # the wrapper's or scheduler's verdict, when nothing better is known
     d = classify(
         backend_state=state,
         exit_code=exit_code,

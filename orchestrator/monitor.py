@@ -26,8 +26,12 @@ from .runs import ResultsRoot, Run, now_iso
 from .states import State
 
 LOCK_NAME = ".monitor.lock"
+RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
+_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs
 EVENTS_NAME = "events.jsonl"
-RUN_LOCK_NAME = ".monitor.lock"  # inside each run folder
+RUN_LOCK_NAME = ".monitor.lock"
+RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
+_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs  # inside each run folder
 
 
 @dataclass
@@ -191,7 +195,7 @@ class Monitor:
     def _diagnosis(self, run: Run, marker: dict[str, Any], n: int) -> Diagnosis:
         rec = run.record
         f = rec.get("failure") or {}
-        if f.get("attempt") == n and f.get("evidence") is not None:
+        if (f.get("attempt") == n and f.get("evidence") is not None) or f.get("class") in _NOT_DIAGNOSED:
             return Diagnosis(f.get("class", "unknown"), f.get("summary", ""), f.get("evidence") or [],
                              f.get("exception"), f.get("exit_code"), f.get("signal"), n)
         att = current_attempt(rec) or {}
@@ -234,6 +238,10 @@ class Monitor:
 
         delay = parse_duration(retry.backoff) * (2 ** max(0, attempts - 1))
         ended = _ended_ts(rec) or self.now()
+        if self.now() - ended > RETRY_WINDOW + delay:
+            self.emit("not_retried", run, attempt=n, **{"class": d.cls},
+                      summary=f"ended over {RETRY_WINDOW / 3600:.0f} h ago; `orch resume {run.run_id}` to retry it")
+            return True
         due = ended + delay
         if self.now() < due:
             m = rec.get("monitor") or {}

@@ -92,6 +92,24 @@ def test_sweep_split_by_max_array_size(tmp_path: Path) -> None:
     assert all(r["state"] == "COMPLETED" for r in status(orch).values())
 
 
+def test_partial_submission_is_recorded_before_the_error(tmp_path: Path) -> None:
+    """Array 1 (4 runs) is accepted, array 2 asks for a partition that does not exist."""
+    orch = make_orch(tmp_path, STUB, "query_interval: 0.5\nmax_array_size: 4\n")
+    path = spec(tmp_path, "partial", seconds=1, extra=(
+        "sweep: {list: [{resources.partition: debug}, {resources.partition: debug}, "
+        "{resources.partition: debug}, {resources.partition: debug}, {resources.partition: nosuch}, "
+        "{resources.partition: nosuch}]}\n"))
+    res = orch("submit", str(path), check=2)
+    assert "submitted 4 of 6 runs" in res.stderr and "nosuch" not in res.stdout
+    recs = sorted((json.loads(p.read_text()) for p in (tmp_path / "results" / "partial").glob("*/run.json")),
+                  key=lambda r: r["sweep_index"])
+    assert [bool(r["attempts"][0]["job_id"]) for r in recs] == [True] * 4 + [False] * 2
+    assert [r["state"] for r in recs[4:]] == ["FAILED", "FAILED"]
+    assert all(r["failure"]["class"] == "submit_error" for r in recs[4:])
+    wait_until(lambda: all(r["state"] == "COMPLETED" for r in status(orch).values()
+                           if r["run_id"] in {x["run_id"] for x in recs[:4]}), 120, "the accepted runs")
+
+
 def test_pipeline_second_stage_runs_after_first(stub_orch: Orch, tmp_path: Path) -> None:
     a = spec(tmp_path, "stage1", seconds=3)
     b = spec(tmp_path, "stage2", seconds=1, extra="after: [stage1]\n")

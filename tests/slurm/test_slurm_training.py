@@ -42,11 +42,11 @@ def test_quickstart_completes(lm_orch: Orch) -> None:
 
 
 def test_time_limit_signal_checkpoint_requeue_resume(lm_orch: Orch) -> None:
-    """USR1 50 s before a 90 s limit: checkpoint, exit 75, `scontrol requeue`, resume, complete."""
+    """USR1 60 s before a 2 min limit: checkpoint, exit 75, `scontrol requeue`, resume, complete."""
     rows = lm_orch.json(
         "submit", QUICKSTART, "--backend", "slurm",
         "--set", "train.max_steps=400", "--set", "eval.every=50", "--set", "checkpoint.every=1000",
-        "--set", "resources.time=00:01:30", "--set", "resources.signal_grace=50",
+        "--set", "resources.time=00:02:00", "--set", "resources.signal_grace=60",
         "--set", "retry.max_attempts=3", timeout=120,
     )
     run_dir, job_id = rows[0]["run_dir"], rows[0]["job_id"]
