@@ -549,17 +549,27 @@ def check_checkpoint(paths: RunPaths) -> CheckResult:
     return r
 
 
-_PEAK_KEYS = ("gpu_mem_peak_mb", "peak_mem_mb", "max_memory_allocated_mb", "cuda_max_mem_mb", "mem_peak_mb",
-              "gpu_mem_peak")
-_TOTAL_KEYS = ("gpu_mem_total_mb", "total_mem_mb", "cuda_total_mem_mb", "gpu_mem_total")
+# Peak and total device memory as trainers log them (the lm trainer: `mem_peak_gb`, one value per
+# device); a fraction can be logged directly. Lists are per device: the fullest device counts.
+_PEAK_KEYS = {"mem_peak_gb": 1024.0, "gpu_mem_peak_gb": 1024.0, "gpu_mem_peak_mb": 1.0, "peak_mem_mb": 1.0,
+              "max_memory_allocated_mb": 1.0, "mem_peak_mb": 1.0}
+_TOTAL_KEYS = {"mem_total_gb": 1024.0, "gpu_mem_total_gb": 1024.0, "gpu_mem_total_mb": 1.0, "total_mem_mb": 1.0,
+               "mem_total_mb": 1.0}
 _FRAC_KEYS = ("gpu_mem_frac", "peak_mem_frac", "mem_frac")
 
 
-def _first_number(rec: Mapping[str, Any], keys: Iterable[str]) -> float | None:
-    for k in keys:
-        v = rec.get(k)
-        if _is_number(v) and math.isfinite(v):
-            return float(v)
+def _largest(v: Any) -> float | None:
+    vals = v if isinstance(v, list) else [v]
+    nums = [float(x) for x in vals if _is_number(x) and math.isfinite(x)]
+    return max(nums) if nums else None
+
+
+def _first_number(rec: Mapping[str, Any], keys: Iterable[str] | Mapping[str, float]) -> float | None:
+    scale = keys if isinstance(keys, Mapping) else {k: 1.0 for k in keys}
+    for k, factor in scale.items():
+        v = _largest(rec.get(k))
+        if v is not None:
+            return v * factor
     return None
 
 

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         from trainers import resolve_trainer
         from trainers.base import TrainerContext
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bars in logs/stderr-N.log
         spec = spec_from_run(run_dir / "spec.yaml")
         cls = resolve_trainer(spec.trainer)
         ctx = TrainerContext(run_dir, spec)

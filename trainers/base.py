@@ -20,12 +20,14 @@ valid checkpoint, step, log, evaluate, checkpoint, stop on budget / early stoppi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -203,6 +205,27 @@ class TrainerContext:
         if self.heartbeat is not None:
             self.heartbeat.beat(force=force, **progress)
 
+    @contextlib.contextmanager
+    def beating(self, phase: str, every: float = 30.0) -> Iterator[None]:
+        """Heartbeats from a background thread during long steps without a loop (tokenizing a corpus)."""
+        if self.heartbeat is None:
+            yield
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            while not done.wait(every):
+                self.beat(force=True, phase=phase)
+
+        self.beat(force=True, phase=phase)
+        thread = threading.Thread(target=run, name="orch-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def stop_request(self, step: int, sync_every: int) -> Optional[str]:
         """A signal or `max_time` stop, agreed by every process (one tiny all-reduce per `sync_every` steps)."""
         if self.world_size == 1:
@@ -270,7 +293,8 @@ class Trainer:
         ctx, spec = self.ctx, self.spec
         ctx.signals.install()
         try:
-            self.setup()
+            with ctx.beating("setup"):  # tokenizing a big corpus can take longer than the stall limit
+                self.setup()
             ctx.budget = Budget.from_spec(spec.train, self.tokens_per_step, self.epoch_tokens)
             self.resume()
             return self._loop()
@@ -357,7 +381,8 @@ class Trainer:
         tps = steps * self.tokens_per_step / dt if dt > 0 else 0.0
         record: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen, "attempt": ctx.attempt,
                                   **vals, **rest, "step_time": dt / steps, "tokens_per_sec": tps,
-                                  "nonfinite": not math.isfinite(vals["loss"])}
+                                  # NaN/inf in any step of the interval propagates into loss_avg
+                                  "nonfinite": not (math.isfinite(vals["loss"]) and math.isfinite(vals["loss_avg"]))}
         self.log_extras(record)
         ctx.logger.train(record)
         self._last_tps = tps

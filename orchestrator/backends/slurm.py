@@ -204,7 +204,8 @@ class SlurmBackend(Backend):
         """scancel: Slurm sends SIGTERM (CONT first), then SIGKILL after KillWait, as local does."""
         ids = [j for j in dict.fromkeys(job_ids) if j]
         if ids:
-            self.cli.run(["scancel", *ids])
+            # a job that ended meanwhile is not an error: it is as cancelled as it will get
+            self.cli.run(["scancel", *ids], ok_errors=("already completing or completed", "Invalid job id specified"))
             with self.cache.locked() as data:  # the next poll must ask again
                 for jid in ids:
                     (data.get("jobs") or {}).pop(base_job_id(jid), None)
@@ -237,9 +238,7 @@ def requeue_current_job() -> bool:
     requeue a different task's record). Returns False (and says why on stderr) when Slurm
     refuses, so the wrapper records the attempt as ended instead of requeued.
     """
-    from ..jobwrap import slurm_job_id
-
-    job_id = slurm_job_id()
+    job_id = current_job_id()
     if not job_id:
         print("orch: not inside a Slurm job (no SLURM_JOB_ID); cannot requeue", file=sys.stderr)
         return False
@@ -249,6 +248,19 @@ def requeue_current_job() -> bool:
         print(f"orch: scontrol requeue {job_id} failed: {exc.message}", file=sys.stderr)
         return False
     return True
+
+
+def current_job_id() -> Optional[str]:
+    """This job's id as Slurm's commands want it: `<array job>_<task>` in arrays, else the job id.
+
+    submitit's SlurmJobEnvironment reads the SLURM_* variables (array ids, node list, ranks)
+    the way Slurm documents them; it earns its place here, inside the job.
+    """
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    return SlurmJobEnvironment().job_id
 
 
 def _num(job_id: str) -> tuple[int, str]:

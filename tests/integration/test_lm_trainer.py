@@ -240,8 +240,7 @@ def test_generation_from_checkpoint_is_deterministic_at_temperature_0(finished: 
     from trainers.checkpoint import list_checkpoints, load_for_generation
     from trainers.generation import generate
 
-    assert [(c.kind, c.step) for c in list_checkpoints(finished.root)] == [("step", 20), ("step", 40), ("best", 40)] \
-        or [c.kind for c in list_checkpoints(finished.root)] == ["step", "step", "best"]
+    assert [c.kind for c in list_checkpoints(finished.root)] == ["step", "step", "best"]
     model, tok, info = load_for_generation(finished.root, step=20)
     assert info.step == 20
     first = generate(model, tok, ["1+1=", "99-"], max_new_tokens=12, temperature=0)

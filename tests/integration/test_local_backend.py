@@ -111,12 +111,14 @@ def test_job_survives_cli_kill_and_cancel_stops_job_and_children(orch: Orch, tmp
 
 def test_time_limit_warns_checkpoints_requeues_and_resumes(orch: Orch, tmp_path: Path) -> None:
     """resources.time with a warning signal, as `sbatch --signal=B:USR1@grace` + --requeue do on SLURM."""
-    extra = ("resources: {time: '00:00:40', signal: USR1, signal_grace: 25}\n"
-             "retry: {max_attempts: 3, on: [timeout], backoff: 0}\n")
+    # 12 s of each attempt before the warning, and a 10 s training budget summed over attempts: the
+    # first attempt cannot finish (start-up eats into it), so it must checkpoint, requeue and resume.
+    extra = ("resources: {time: '00:00:24', signal: USR1, signal_grace: 12}\n"
+             "retry: {max_attempts: 6, on: [timeout], backoff: 0}\n")
     spec = tiny(tmp_path, "limited", steps=100000, eval_every=1000, ckpt_every=100000, extra=extra)
-    [row] = submit(orch, spec, "--set", "train.max_time=30")  # training seconds over all attempts
+    [row] = submit(orch, spec, "--set", "train.max_time=10")  # training seconds over all attempts
     run_id = row["run_id"]
-    wait_until(lambda: run_json(orch, run_id)["state"] in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"), 240, "the run to end")
+    wait_until(lambda: run_json(orch, run_id)["state"] in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"), 300, "the run to end")
     rec = run_json(orch, run_id)
     assert rec["state"] == "COMPLETED", rec
     first, second = rec["attempts"][0], rec["attempts"][1]

@@ -208,3 +208,13 @@ def test_checks_json_is_replaced_atomically(orch) -> None:
     orch("check", run.run_id)
     assert run.paths.checks.stat().st_ino != first  # a new file renamed into place
     assert not [p for p in os.listdir(run.paths.root) if p.endswith(".tmp")]
+
+
+def test_memory_note_from_per_device_lists(tmp_path: Path) -> None:
+    run = make_run(tmp_path, [], losses=[])
+    append_jsonl(run.paths.diagnostics, {"step": 1, "loss": 2.0, "mem_peak_gb": [40.0, 45.0], "mem_total_gb": [80.0, 80.0]})
+    by = {r.name: r for r in check_run(run).results}
+    assert by["builtin:gpu_memory"].detail.startswith("peak 56% of GPU memory")
+    run2 = make_run(tmp_path, [], losses=[], name="nototal")
+    append_jsonl(run2.paths.diagnostics, {"step": 1, "loss": 2.0, "mem_peak_gb": [40.0]})
+    assert "builtin:gpu_memory" not in {r.name for r in check_run(run2).results}  # no total: no guess
