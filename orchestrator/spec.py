@@ -394,9 +394,16 @@ class Spec(Section):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        from .provenance import SECRET_NAME
+
         for key in v:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+            if SECRET_NAME.search(key):
+                raise ValueError(
+                    f"{key} looks like a secret: a spec is copied into the run folder and bundles. "
+                    f"Export it in your shell instead (jobs inherit the submitting environment)"
+                )
         return v
 
 

@@ -201,6 +201,11 @@ class TrainerContext:
         if self.is_main and self.paths.run_json.exists():
             self.run.update(lambda rec: rec.update(fields))
 
+    def beat_due(self) -> bool:
+        """Whether a heartbeat would be written now (checked first, so a step builds no progress dict)."""
+        hb = self.heartbeat
+        return hb is not None and time.time() - hb._last >= hb.interval
+
     def beat(self, force: bool = False, **progress: Any) -> None:
         if self.heartbeat is not None:
             self.heartbeat.beat(force=force, **progress)
@@ -336,8 +341,10 @@ class Trainer:
                 self.save_checkpoint()
                 saved_at = self.step
             interval_start += time.perf_counter() - paused  # eval/checkpoint time is not training throughput
-            ctx.beat(step=self.step, total_steps=total, phase="train", train_loss=self.last_eval.get("train_loss"),
-                     val_loss=self.last_eval.get("val_loss"), eta_s=self._eta(total))
+            if ctx.beat_due():
+                ctx.beat(step=self.step, total_steps=total, phase="train", train_loss=self._last_loss,
+                         val_loss=self.last_eval.get("val_loss"), tokens_per_sec=round(self._last_tps, 1),
+                         eta_s=self._eta(total))
             if reason:
                 break
         ctx.print(f"stopping at step {self.step}: {reason}")
@@ -390,8 +397,7 @@ class Trainer:
         ctx.logger.progress(self.step, loss=vals["loss"])
         ctx.logger.text(f"step {self.step}/{total or '?'} loss {vals['loss']:.4f}{lr} "
                         f"{record['step_time'] * 1000:.1f} ms/step {tps:,.0f} tok/s")
-        ctx.beat(force=False, step=self.step, total_steps=total, phase="train", train_loss=vals["loss"],
-                 val_loss=self.last_eval.get("val_loss"), tokens_per_sec=round(tps, 1), eta_s=self._eta(total))
+        self._last_loss = vals["loss"]
 
     def _evaluate(self) -> bool:
         """Evaluate, log, keep the best model; True when early stopping says stop."""
@@ -471,6 +477,7 @@ class Trainer:
 
     _start_step = 0
     _last_tps = 0.0
+    _last_loss: Optional[float] = None
 
     def _write_final_metrics(self, outcome: Outcome, extra: dict[str, Any]) -> None:
         ctx = self.ctx

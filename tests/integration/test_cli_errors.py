@@ -47,6 +47,7 @@ CASES = [
     ("bad-check", OK + "checks: ['val_loss <']\n", [], ["s.yaml:5", "checks.0.expr", "cannot parse"]),
     ("check-with-call", OK + "checks: [\"__import__('os').system('x') == 0\"]\n", [], ["may be called"]),
     ("bad-env-name", OK + "env: {'A B': x}\n", [], ["not a valid environment variable name"]),
+    ("secret-in-env", OK + "env: {HF_TOKEN: hf_abc}\n", [], ["s.yaml:5", "env", "HF_TOKEN looks like a secret"]),
     ("extends-missing", "extends: nope.yaml\n" + OK, [], ["s.yaml:1", "extends", "not found"]),
     ("duplicate-key", OK + "seed: 1\nseed: 2\n", [], ["s.yaml:6", "duplicate key"]),
     ("sliding-window-needs-mistral", OK + "model: {sliding_window: 8}\n", [], ["duplicate key"]),
