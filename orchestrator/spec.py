@@ -13,9 +13,9 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, SpecErrors
 from .yamlpos import LineMap, load_yaml, parse_scalar
@@ -70,6 +70,22 @@ def parse_mem(value: Union[str, int]) -> int:
         raise ValueError(f"cannot read {value!r} as memory: use e.g. '8G', '500M', '1T'")
     num, unit = float(m.group(1)), m.group(2).upper() or "M"
     return int(num * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit])
+
+
+def _valid_duration(v: Any) -> Any:
+    parse_duration(v)
+    return v
+
+
+def _valid_mem(v: Any) -> Any:
+    parse_mem(v)
+    return v
+
+
+# Kept as written (Slurm takes the user's own notation), but checked at load time.
+Duration = Annotated[Union[float, str], AfterValidator(_valid_duration)]
+SlurmTime = Annotated[Union[str, int], AfterValidator(_valid_duration)]
+Memory = Annotated[Union[str, int], AfterValidator(_valid_mem)]
 
 
 class Section(BaseModel):
@@ -143,7 +159,7 @@ class TrainSpec(Section):
     max_steps: Optional[int] = Field(None, ge=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     epochs: Optional[float] = Field(None, gt=0)
-    max_time: Optional[Union[float, str]] = Field(None, description="wall-clock training budget over all attempts")
+    max_time: Optional[Duration] = Field(None, description="wall-clock training budget over all attempts")
     batch_size: int = Field(12, ge=1, description="per-process micro-batch")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1.0e-3, gt=0)
@@ -160,13 +176,6 @@ class TrainSpec(Section):
     compile: bool = False
     log_every: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("max_time")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        if v is not None:
-            parse_duration(v)
-        return v
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainSpec":
@@ -241,8 +250,8 @@ class ResourcesSpec(Section):
     gpus_per_node: int = Field(0, ge=0)
     procs_per_node: Optional[int] = Field(None, ge=1, description="processes per node; default gpus or 1")
     cpus_per_task: int = Field(2, ge=1)
-    mem: Union[str, int] = "8G"
-    time: Union[str, int] = "01:00:00"
+    mem: Memory = "8G"
+    time: SlurmTime = "01:00:00"
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
@@ -253,18 +262,6 @@ class ResourcesSpec(Section):
     template: Optional[str] = Field(None, description="your own sbatch template")
     signal: str = Field("USR1", description="warning signal before the time limit")
     signal_grace: int = Field(60, ge=1, description="seconds between the signal and the limit")
-
-    @field_validator("mem")
-    @classmethod
-    def _mem(cls, v: Any) -> Any:
-        parse_mem(v)
-        return v
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, v: Any) -> Any:
-        parse_duration(v)
-        return v
 
     @field_validator("signal")
     @classmethod
@@ -296,14 +293,9 @@ FAILURE_CLASSES = (
 class RetrySpec(Section):
     max_attempts: int = Field(3, ge=1)
     on: list[Literal[FAILURE_CLASSES]] = Field(default_factory=lambda: ["preempted", "timeout", "node_fail"])  # type: ignore[valid-type]
-    backoff: Union[float, str] = Field(60.0, description="seconds before a resubmission (doubles each time)")
+    backoff: Duration = Field(60.0, description="seconds before a resubmission (doubles each time)")
     oom_halve_batch: bool = False
 
-    @field_validator("backoff")
-    @classmethod
-    def _dur(cls, v: Any) -> Any:
-        parse_duration(v)
-        return v
 
 
 class SweepSpec(Section):
@@ -321,16 +313,11 @@ class PreserveSpec(Section):
 
 
 class MonitorSpec(Section):
-    stall_after: Union[float, str] = Field(600.0, description="seconds without a heartbeat before STALLED")
+    stall_after: Duration = Field(600.0, description="seconds without a heartbeat before STALLED")
     on_event: Optional[str] = Field(None, description="a command run with the event JSON on stdin")
     webhook: Optional[str] = None
     email: Optional[str] = None
 
-    @field_validator("stall_after")
-    @classmethod
-    def _dur(cls, v: Any) -> Any:
-        parse_duration(v)
-        return v
 
 
 class Spec(Section):
