@@ -43,7 +43,8 @@ def describe(ev: dict[str, Any]) -> str:
     who = ev.get("run_id", "-")
     att = f" (attempt {ev['attempt']})" if ev.get("attempt") else ""
     text = ev.get("summary") or ""
-    if ev.get("class") and not text.startswith(str(ev["class"])):
+    cls = str(ev.get("class") or "")
+    if cls and not text.lower().startswith((cls, cls.replace("_", " "))):
         text = f"{ev['class']}: {text}" if text else str(ev["class"])
     return redact(f"{label:11} {who}{att}: {text}".rstrip(": "))
 
@@ -58,8 +59,8 @@ def summary_lines(events: list[dict[str, Any]], active: int) -> list[str]:
     head = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
     lines = [f"orch monitor: {active} active; {head}"]
     lines += ["  " + describe(ev) for ev in events]
-    for ev in events:
-        if ev.get("exception") and ev.get("event") in ("failed", "not_retried", "gave_up"):
+    for ev in events:  # the exception line, when the one-line summary does not already show it
+        if ev.get("exception") and ev.get("event") == "failed" and ev["exception"] not in (ev.get("summary") or ""):
             lines.append(f"    {ev['run_id']}: {redact(ev['exception'])}")
     return lines
 

@@ -623,9 +623,22 @@ def throughput_note(rec: Records) -> CheckResult | None:
     return r
 
 
+def check_run_state(state: State, failure: Mapping[str, Any] | None) -> CheckResult:
+    """A run that ended other than COMPLETED cannot meet its criteria, whatever its last metrics say."""
+    r = CheckResult("builtin:run_completed", "builtin", "error", PASS, detail=str(state))
+    if state.active:
+        r.severity, r.status, r.detail = "warn", SKIP, f"still {state}"
+    elif state != State.COMPLETED:
+        r.status = FAIL
+        cls = (failure or {}).get("class")
+        r.detail = f"the run ended {state}" + (f" ({cls}: {(failure or {}).get('summary', '')})" if cls else "")
+    return r
+
+
 def builtin_checks(paths: RunPaths, rec: Records, state: State, *, attempts: int, stall_after: float,
-                   now: float | None = None) -> list[CheckResult]:
+                   now: float | None = None, failure: Mapping[str, Any] | None = None) -> list[CheckResult]:
     out = [
+        check_run_state(state, failure),
         check_metrics_present(rec, state),
         check_steps_increasing(rec, attempts),
         check_finite_loss(rec),
@@ -668,7 +681,8 @@ def check_run(run: Run, now: float | None = None) -> RunVerdict:
         best_metric, best_mode = spec.checkpoint.metric, spec.checkpoint.mode
     rec = read_records(run.paths)
     attempts = len(rec_json.get("attempts") or []) or 1
-    results = builtin_checks(run.paths, rec, state, attempts=attempts, stall_after=stall_after, now=now)
+    results = builtin_checks(run.paths, rec, state, attempts=attempts, stall_after=stall_after, now=now,
+                             failure=rec_json.get("failure"))
     if spec_problem:
         results.append(CheckResult("builtin:spec", "builtin", "error", ERROR, spec_problem))
     if spec is not None and spec.checks:

@@ -50,6 +50,8 @@ def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str]) -> Spec:
         if key == "path" or candidate.exists():  # data.path is always local; the others may be hub ids
             current = updates.get(section, getattr(spec, section))
             updates[section] = current.model_copy(update={key: str(candidate)})
+    if not Path(spec.preserve.dest).is_absolute():  # an output folder: relative to where you submit, like results/
+        updates["preserve"] = spec.preserve.model_copy(update={"dest": str((Path.cwd() / spec.preserve.dest).resolve())})
     return spec.model_copy(update=updates) if updates else spec
 
 

@@ -51,4 +51,5 @@ def test_summary_is_empty_when_nothing_changed_and_redacts() -> None:
     lines = summary_lines([{**EV, "exception": "ValueError: token=abc123secret"}], active=2)
     assert lines[0].startswith("orch monitor: 2 active; 1 failed")
     assert "abc123secret" not in "\n".join(lines)
-    assert describe(EV).startswith("FAILED      r-1 (attempt 1): data_error: data error: UnicodeDecodeError")
+    assert describe(EV).startswith("FAILED      r-1 (attempt 1): data error: UnicodeDecodeError")
+    assert describe({**EV, "summary": "bad byte"}).endswith("data_error: bad byte")
