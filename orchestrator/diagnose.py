@@ -199,7 +199,9 @@ def _is_data_error(exc: str, frames: list[str]) -> bool:
     if DATA_EXC.match(exc) or DATA_MSG.search(exc):
         return True
     files = [f for f in frames if f.startswith("File ")]
-    return bool(files) and bool(DATA_FRAME.search(files[-1]))
+    # the deepest frame of *our* code decides: library frames (pathlib, json) sit below it
+    ours = [f for f in files if "/lib/python3" not in f or "/site-packages/trainers/" in f]
+    return bool(ours) and bool(DATA_FRAME.search(ours[-1]))
 
 
 # ------------------------------------------------------------------------------ classification

@@ -254,6 +254,15 @@ class JobWrapper:
             return requeue_current_job()
         return True  # local: the loop in main() starts the next attempt itself
 
+    def diagnose(self) -> None:
+        """Classify the failure while its logs are fresh, so `orch status` can say why at once."""
+        try:
+            from .diagnose import ensure_diagnosed
+
+            ensure_diagnosed(self.run)
+        except Exception as exc:  # a diagnosis must never turn an ended job into a crashed wrapper
+            print(f"orch: could not diagnose the failure: {exc}", file=sys.stderr)
+
     def main(self) -> int:
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
@@ -278,6 +287,8 @@ class JobWrapper:
             if requeue:
                 requeue = self.requeue()
             self.finish_attempt(n, state, rc if rc >= 0 else None, sig, cause, requeue)
+            if not requeue and state not in (State.COMPLETED, State.CANCELLED):
+                self.diagnose()
             if not requeue:
                 return 0 if state == State.COMPLETED else (rc if rc > 0 else 1)
             if self.backend != "local":

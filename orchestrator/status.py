@@ -91,6 +91,11 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
             else:
                 view.state = run.state  # local: alive; the wrapper's record says QUEUED or RUNNING
     for view in views.values():
+        if view.state == State.FAILED and not (view.run.record.get("failure") or {}).get("evidence"):
+            try:
+                _diagnose(view)
+            except OSError:  # someone else's read-only results tree: show what is there
+                pass
         if view.state in (State.RUNNING, State.STALLED):
             view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
             age = heartbeat_age(view.heartbeat, now)
@@ -102,6 +107,17 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
         elif view.state.terminal or view.state == State.QUEUED:
             view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
     return [views[r.run_id] for r in runs]
+
+
+def _diagnose(view: RunView) -> None:
+    """A failed run nobody classified yet (a job that died without a word): read its log tails once."""
+    from .diagnose import diagnose_run, record_failure
+
+    if view.died:
+        persist(view)
+    d = diagnose_run(view.run, backend_state=view.job.raw_state if view.job else None)
+    record_failure(view.run, d)
+    view.run.reload()
 
 
 def persist(view: RunView) -> bool:

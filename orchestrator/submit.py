@@ -98,6 +98,9 @@ def plan(
         items: list[SubmitItem] = []
         for r in resolved:
             spec = _absolutize(r.spec, base, overridden)
+            if spec.data.path and not Path(spec.data.path).exists():
+                raise UserError(f"{file}: data.path: {spec.data.path} does not exist",
+                                hint="a path in the spec is relative to the spec file; one given with --set, to the current directory")
             record = {
                 "spec_file": str(file.resolve()),
                 "sweep_id": sweep_id,

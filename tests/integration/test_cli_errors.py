@@ -72,6 +72,14 @@ def test_missing_spec_file(orch: Orch) -> None:
     assert "no/such.yaml: file not found" in res.stderr
 
 
+def test_missing_data_file_is_caught_at_submit(orch: Orch, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(OK.replace("{builtin: arith}", "{path: data/missing.txt}"))
+    res = orch("submit", str(path), check=2)
+    assert f"data.path: {tmp_path}/data/missing.txt does not exist" in res.stderr
+    assert not any(orch.results.iterdir())
+
+
 def test_unknown_run_and_bad_flags(orch: Orch) -> None:
     res = orch("logs", "nosuchrun", check=2)
     assert "no run matches 'nosuchrun'" in res.stderr and "hint:" in res.stderr

@@ -163,12 +163,15 @@ def test_pipeline_second_stage_waits_and_is_skipped_when_first_fails(orch: Orch,
     recs = {r["name"]: run_json(orch, r["run_id"]) for r in rows}
     assert recs["stage1"]["state"] == recs["stage2"]["state"] == "COMPLETED"
     assert recs["stage2"]["attempts"][0]["started_at"] >= recs["stage1"]["attempts"][0]["ended_at"]
-    # now a first stage that fails: a data path that does not exist
+    # now a first stage that fails at run time: a data file that is not text
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(bytes(range(128, 256)) * 64)
     bad = tiny(tmp_path, "stage1", steps=10)
-    bad.write_text(bad.read_text().replace("{builtin: arith}", "{path: /nonexistent/data.txt}"))
+    bad.write_text(bad.read_text().replace("{builtin: arith}", f"{{path: {junk}}}"))
     rows = orch.json("submit", str(bad), str(second), "--wait", check=1, timeout=400)
     recs = {r["name"]: run_json(orch, r["run_id"]) for r in rows}
     assert recs["stage1"]["state"] == "FAILED"
+    assert recs["stage1"]["failure"]["class"] == "data_error", recs["stage1"]["failure"]
     assert recs["stage2"]["state"] == "CANCELLED" and "dependency" in recs["stage2"]["failure"]["summary"]
     assert not recs["stage2"]["attempts"][0].get("started_at"), "the second stage never ran"
 
