@@ -47,12 +47,12 @@ def trainer_command(spec: Spec, run_dir: Path, port_seed: str) -> list[str]:
     if procs <= 1:
         return [sys.executable, "-m", "trainers", str(run_dir)]
     port = 20000 + zlib.crc32(port_seed.encode()) % 20000
+    # `--multi_gpu` selects accelerate's torchrun launcher, which also runs N CPU processes (gloo);
+    # `--cpu` would pick its simple launcher and silently start ONE process (accelerate 1.x).
+    # Precision is the trainer's (train.precision), so the launcher is told "no".
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs),
-           "--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no"]
-    if spec.resources.gpus_per_node == 0:
-        cmd.append("--cpu")
-    else:
-        cmd.append("--multi_gpu")
+           "--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no",
+           "--mixed_precision", "no", "--multi_gpu"]
     return cmd + ["-m", "trainers", str(run_dir)]
 
 

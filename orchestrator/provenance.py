@@ -15,7 +15,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.IGNORECASE)
+# Whole name components (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD), so TOKENIZERS_PARALLELISM is not one.
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:TOKEN|TOKENS|KEY|KEYS|SECRET|SECRETS|PASSWORD|PASSWD|PASS|PWD|CREDENTIALS?|AUTH|COOKIE|SESSION|PRIVATE)(?:_|$)"
+    r"|APIKEY|ACCESSKEY|SECRETKEY",
+    re.IGNORECASE,
+)
 SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|xox[abp]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})$")
 # Environment worth recording for reproducibility (everything else is noise or private).
 KEEP_ENV = re.compile(r"^(SLURM_|CUDA_|NCCL_|OMP_|MKL_|PYTHON|TORCH|HF_HOME|HF_DATASETS_OFFLINE|HF_HUB_OFFLINE|TRANSFORMERS_|ACCELERATE_|ORCH_|CONDA_DEFAULT_ENV|VIRTUAL_ENV|PATH$|HOSTNAME$|USER$)")

@@ -691,5 +691,5 @@ def spec_from_run(spec_path: Path) -> Spec:
         raise _to_spec_errors(exc, {}, str(spec_path), schema=schema)
 
 
-def json_schema() -> dict[str, Any]:
-    return Spec.model_json_schema()
+def json_schema(trainer: str = "lm") -> dict[str, Any]:
+    return spec_class_for(trainer).model_json_schema()

@@ -31,7 +31,8 @@ class PlannedGroup:
     deps: list[Run] = field(default_factory=list)
 
 
-PATH_KEYS = (("data", "path"), ("tokenizer", "name_or_path"), ("model", "init_from"), ("resources", "template"))
+PATH_KEYS = (("data", "path"), ("tokenizer", "name_or_path"), ("model", "init_from"), ("model", "decoder"),
+             ("resources", "template"))
 
 
 def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str]) -> Spec:

@@ -26,12 +26,12 @@ from typing import Any, Optional
 import torch
 
 from orchestrator.atomicio import append_jsonl
-from trainers.base import Outcome, Trainer, TrainerContext
+from trainers.base import Budget, Outcome, Trainer, TrainerContext
 from trainers.latentwire_data import ExampleSampler, corpus_text, encode_examples, load_squad, prompt_pieces
 from trainers.latentwire_eval import FROZEN_MODES, ModeRunner, evaluate_mode, predictions_agree, summarize
 from trainers.latentwire_model import (LatentEncoder, answer_logits, distillation, embed_ids, embed_rms,
                                        load_decoder, marginal_entropy, masked_ce, pad_ids)
-from trainers.lm import _Autocast, build_optimizer, build_scheduler
+from trainers.lm import build_optimizer, build_scheduler
 
 
 class LatentWireTrainer(Trainer):
@@ -64,8 +64,6 @@ class LatentWireTrainer(Trainer):
                       / max(1, len(self.train_examples))) + len(self.pieces.anchor)
         self.tokens_per_step = t.batch_size * t.grad_accum * ctx.world_size * per_q
         self.epoch_tokens = len(self.train_examples) * per_q
-        from trainers.base import Budget
-
         total = Budget.from_spec(t, self.tokens_per_step, self.epoch_tokens).total_steps
         self.scheduler = build_scheduler(t, optimizer, total)
         self.model, self.optimizer = acc.prepare(encoder, optimizer)  # DDP over the encoder only

@@ -16,6 +16,7 @@ Placeholders (documented for users in slurm_templates/README.md):
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 BUILTIN = {1: "single_node.sh.tmpl", 2: "multi_node.sh.tmpl"}
 
 
+@functools.lru_cache(maxsize=None)
 def templates_dir() -> Path:
     """`$ORCH_SLURM_TEMPLATES`, else the repository's slurm_templates/."""
     explicit = os.environ.get("ORCH_SLURM_TEMPLATES")
@@ -45,6 +47,12 @@ def template_path(spec: Spec, profile: ClusterProfile) -> Path:
     if chosen:
         return Path(os.path.expanduser(chosen))
     return templates_dir() / BUILTIN[1 if spec.resources.nodes == 1 else 2]
+
+
+@functools.lru_cache(maxsize=16)
+def _read(path: Path, _mtime_ns: int) -> str:
+    """A template's text, read once per version of the file (a sweep renders it 1,000 times)."""
+    return path.read_text(encoding="utf-8")
 
 
 def fill(template: str, values: dict[str, str], source: str = "template") -> str:
@@ -140,7 +148,7 @@ def render_job(spec: Spec, profile: ClusterProfile, *, run_id: str, run_dir: Pat
     run_dir_s = str(run_dir)
     path = template_path(spec, profile)
     try:
-        template = path.read_text(encoding="utf-8")
+        template = _read(path, path.stat().st_mtime_ns)
     except OSError as exc:
         raise UserError(f"cannot read the sbatch template {path}: {exc.strerror}",
                         hint="resources.template (spec) or template (cluster profile) names it")

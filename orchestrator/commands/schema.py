@@ -6,11 +6,11 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--trainer", default="lm", help="the schema for this trainer's spec (lm, latentwire)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..spec import json_schema
+    from ..spec import spec_class_for
 
-    print(json.dumps(json_schema(), indent=2))
+    print(json.dumps(spec_class_for(args.trainer).model_json_schema(), indent=2))
     return 0
