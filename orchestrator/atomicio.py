@@ -18,8 +18,11 @@ from typing import Any, Iterator
 def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> None:
     """Replace `path` with `data` atomically (same-directory temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:  # first write into a new folder (checked lazily: mkdir costs a syscall)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -53,7 +56,11 @@ def read_json(path: Path | str, default: Any = None) -> Any:
 def append_jsonl(path: Path | str, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write() so concurrent appenders do not interleave."""
     line = (json.dumps(record, default=str, allow_nan=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the first line of a file in a folder not made yet (eval/, logs/)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
     finally:

@@ -35,10 +35,9 @@ POLL = 0.2
 
 def slurm_job_id() -> Optional[str]:
     """This job's id as orch records it: `<array job>_<task>` inside an array, else the job id."""
-    array_id, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_id and task:
-        return f"{array_id}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
+    from .backends.slurm import current_job_id
+
+    return current_job_id()
 
 
 def trainer_command(spec: Spec, run_dir: Path, port_seed: str) -> list[str]:
@@ -89,6 +88,7 @@ class JobWrapper:
                 last["job_id"] = job_id
             rec["state"] = str(State.RUNNING)
             rec.pop("pending_reason", None)
+            rec.pop("stop_reason", None)  # the trainer records this attempt's own
             holder["n"] = last["n"]
 
         self.run.update(mutate)
@@ -169,19 +169,30 @@ class JobWrapper:
     # -- running -------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals_seen.append(signum)
-        child = self.child
-        if child is not None and child.poll() is None:
+        self._signal_child(signum)
+
+    def _signal_child(self, sig: int) -> None:
+        """Signal the trainer's whole process group: with `accelerate launch`, the workers themselves
+        (torchrun does not pass USR1 on to them)."""
+        if self.child is not None and self.child.poll() is None:
             try:
-                os.kill(child.pid, signum)
+                os.killpg(self.child.pid, sig)
             except ProcessLookupError:
                 pass
 
-    def _signal_child(self, sig: int) -> None:
-        if self.child is not None and self.child.poll() is None:
-            try:
-                os.kill(self.child.pid, sig)
-            except ProcessLookupError:
-                pass
+    def _child_setup(self) -> None:
+        """In the child, before exec: its own process group, and the warning signal ignored.
+
+        An ignored signal stays ignored across exec, so a warning that arrives while Python is
+        still importing torch cannot kill the trainer; its handler replaces SIG_IGN once installed.
+        """
+        os.setpgid(0, 0)
+        if self.warn_signal not in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(self.warn_signal, signal.SIG_IGN)
+
+    @property
+    def warn_signal(self) -> int:
+        return int(getattr(signal, "SIG" + self.spec.resources.signal))
 
     def run_attempt(self, n: int) -> int:
         env = dict(os.environ)
@@ -193,11 +204,12 @@ class JobWrapper:
         with open(self.paths.stdout(n), "ab") as out, open(self.paths.stderr(n), "ab") as err:
             out.write(f"# orch attempt {n} on {socket.gethostname()} at {now_iso()}: {shlex.join(cmd)}\n".encode())
             out.flush()
-            self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+            self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                          preexec_fn=self._child_setup)
         start = time.monotonic()
         limit = self.spec.resources.time_seconds if self.backend == "local" else None
         grace = min(self.spec.resources.signal_grace, (limit or 0) / 2) if limit else 0
-        warn_sig = getattr(signal, "SIG" + self.spec.resources.signal)
+        warn_sig = self.warn_signal
         while True:
             try:
                 return self.child.wait(timeout=POLL)
@@ -221,10 +233,12 @@ class JobWrapper:
             return State.CANCELLED, "cancelled", False
         if rc == 0:
             return State.COMPLETED, None, False
-        warn_sig = getattr(signal, "SIG" + self.spec.resources.signal)
-        killed_by_warning = rc < 0 and -rc == warn_sig and (self.time_warned or warn_sig in self.signals_seen)
-        if rc == EXIT_REQUEUE or self.time_killed or killed_by_warning:
-            # killed_by_warning: the signal came before the trainer could handle it (still importing)
+        signalled = self.time_warned or bool(self.signals_seen)
+        killed_by_warning = rc < 0 and -rc == self.warn_signal and signalled
+        # A launcher (torchrun) reports its workers' exit 75 as a plain failure: the trainer's own
+        # record of this attempt says whether it stopped for the signal after a checkpoint.
+        preempted = signalled and str(self.run.reload().get("stop_reason", "")).startswith("preempted")
+        if rc == EXIT_REQUEUE or self.time_killed or killed_by_warning or (rc != 0 and preempted):
             cause = "timeout" if (self.time_warned or self._near_slurm_limit()) else "preempted"
             state = State.TIMEOUT if cause == "timeout" else State.PREEMPTED
             return state, cause, self._retry_allows(cause)

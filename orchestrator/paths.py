@@ -39,6 +39,9 @@ class RunPaths:
     """
 
     FAST = {
+        "spec": "spec.yaml",
+        "provenance": "provenance.json",
+        "git_patch": "provenance.patch",
         "run_json": "run.json",
         "heartbeat": "heartbeat.json",
         "checks": "checks.json",
@@ -82,7 +85,7 @@ class RunPaths:
 
     @property
     def spec(self) -> Path:
-        return self.root / "spec.yaml"  # fully resolved spec
+        return Path(self.fast("spec"))  # fully resolved spec
 
     @property
     def run_json(self) -> Path:
@@ -94,11 +97,11 @@ class RunPaths:
 
     @property
     def provenance(self) -> Path:
-        return self.root / "provenance.json"
+        return Path(self.fast("provenance"))
 
     @property
     def git_patch(self) -> Path:
-        return self.root / "provenance.patch"  # uncommitted diff at submit time
+        return Path(self.fast("git_patch"))  # uncommitted diff at submit time
 
     @property
     def heartbeat(self) -> Path:

@@ -408,11 +408,12 @@ def spec_class_for(trainer: Any) -> type[Spec]:
 class ResolvedSpec:
     """One validated run spec plus where it came from."""
 
-    spec: Spec
-    data: dict[str, Any]  # the plain dict, as written to the run's spec.yaml
+    spec: Spec  # one run: its `sweep` section is dropped (the point's values are applied)
+    data: dict[str, Any]
     source: Optional[Path]
     sweep_point: dict[str, Any] = field(default_factory=dict)
     sweep_index: Optional[int] = None
+    sweep: Optional[SweepSpec] = None  # the sweep this point belongs to, validated once
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -596,8 +597,9 @@ def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str, schema: type[
             extra.append(item)
         points = [{**g, **e} for g in points for e in extra] if grid else extra
     out = []
+    without_sweep = {k: v for k, v in data.items() if k != "sweep"}
     for point in points:
-        d = copy.deepcopy(data)
+        d = copy.deepcopy(without_sweep)  # a 1,000-point grid is not copied into every point
         for key, value in point.items():
             set_path(d, str(key), copy.deepcopy(value))
         out.append((point, d))
@@ -662,21 +664,37 @@ def load_spec(
     base = {k: v for k, v in data.items() if k != "sweep"}
     validate({**base, "sweep": None})
     points = _expand_sweep(data, lines, file, schema)  # structural sweep errors, with their lines
-    if data.get("sweep") is not None:
-        validate({**base, "sweep": data["sweep"]})
+    sweep = validate({**base, "sweep": data["sweep"]}).sweep if data.get("sweep") is not None else None
     resolved = []
     for index, (point, d) in enumerate(points):
         label = ", ".join(f"{k}={v!r}" for k, v in point.items())
         spec = validate(d, prefix=f"sweep point {index} ({label}): " if point else "")
-        resolved.append(ResolvedSpec(spec, d, path, point, index if data.get("sweep") else None))
+        resolved.append(ResolvedSpec(spec, d, path, point, index if sweep else None, sweep))
     return resolved
 
 
-def spec_to_yaml(spec: Spec) -> str:
-    """The fully resolved spec (defaults filled in), as written to the run folder."""
+def spec_to_yaml(spec: Spec, cache: Optional[dict[str, str]] = None) -> str:
+    """The fully resolved spec (defaults filled in), as written to the run folder.
+
+    A top-level mapping's YAML is the concatenation of its keys' YAML, so with a `cache` shared
+    across the points of a sweep each distinct section is dumped once (1,000 points differ in
+    one or two sections; the rest is shared).
+    """
+    import json
+
     import yaml
 
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    parts = []
+    for key, value in spec.model_dump(mode="json").items():
+        memo = f"{key}\0{json.dumps(value, sort_keys=True)}" if cache is not None else None
+        text = cache.get(memo) if cache is not None and memo is not None else None
+        if text is None:
+            text = yaml.dump({key: value}, Dumper=dumper, sort_keys=False)
+            if cache is not None and memo is not None:
+                cache[memo] = text
+        parts.append(text)
+    return "".join(parts)
 
 
 def spec_from_run(spec_path: Path) -> Spec:

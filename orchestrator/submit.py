@@ -7,16 +7,17 @@ new attempt of an existing run from its own folder (resume, and monitor's retrie
 """
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomicio import atomic_write_json, atomic_write_text
 from .attempts import current_job_id
 from .backends import SubmitGroup, SubmitItem, get_backend
 from .errors import UserError
+from .paths import RunPaths
 from .provenance import collect
 from .runs import ResultsRoot, Run, new_run_id
 from .spec import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
@@ -87,10 +88,12 @@ def plan(
     groups: list[PlannedGroup] = []
     made: dict[str, list[Run]] = {}
     provenance_cache: dict[Path, tuple[dict[str, Any], str]] = {}
+    yaml_cache: dict[str, str] = {}
     for file, resolved in loaded:
         base = file.resolve().parent
         first = resolved[0].spec
-        is_sweep = first.sweep is not None and resolved[0].sweep_index is not None
+        sweep = resolved[0].sweep
+        is_sweep = sweep is not None
         stamp = time.time()
         sweep_id = f"{first.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{secrets.token_hex(2)}" if is_sweep else None
         deps = _resolve_after(first.after, root, made) if first.after else []
@@ -115,15 +118,16 @@ def plan(
             if dry_run:
                 run = Run(root.run_paths(spec.name, new_run_id(spec.name, stamp)), {**record, "state": "PENDING"})
             else:
-                run = root.create_run(spec.name, record)
-                atomic_write_text(run.paths.spec, spec_to_yaml(spec))
                 prov, patch = provenance_cache[file]
-                atomic_write_json(run.paths.provenance, {**prov, "run_id": run.run_id})
+                layout = RunPaths.FAST
+                files = {layout["spec"]: spec_to_yaml(spec, yaml_cache),
+                         layout["provenance"]: json.dumps(prov, indent=2, default=str) + "\n"}
                 if patch:
-                    atomic_write_text(run.paths.git_patch, patch)
+                    files[layout["git_patch"]] = patch
+                run = root.create_run(spec.name, record, files=files)
             items.append(SubmitItem(run, spec))
         made.setdefault(first.name, []).extend(i.run for i in items)
-        limit = first.sweep.max_parallel if first.sweep else None
+        limit = sweep.max_parallel if sweep else None
         group = SubmitGroup(items, max_parallel=limit, group_id=sweep_id or items[0].run.run_id)
         groups.append(PlannedGroup(first.backend, group, file, deps))
     return groups

@@ -318,7 +318,7 @@ class Trainer:
         reason: Optional[str] = None
         preempted = saved_at = evaluated_at = None
         while True:
-            reason = ctx.budget.reason(self.step, self.tokens_seen) or ctx.stop_request(self.step, log_every)
+            reason = ctx.budget.reason(self.step, self.tokens_seen) or ctx.stop_request(self.step, min(log_every, 10))
             if reason:
                 preempted = reason.startswith("preempted")
                 break
@@ -351,7 +351,9 @@ class Trainer:
         if preempted:
             if saved_at != self.step:
                 self.save_checkpoint()
-            ctx.record(stop_reason=reason)
+            # Launchers (torchrun under `accelerate launch`) turn a worker's exit 75 into 1: this record
+            # tells the job wrapper that the attempt checkpointed on a signal and wants a requeue.
+            ctx.record(stop_reason=reason, requeue={"attempt": ctx.attempt, "step": self.step})
             ctx.beat(force=True, step=self.step, total_steps=total, phase="preempted")
             return Outcome(reason, self.step, preempted=True)
         if spec.eval.at_end and evaluated_at != self.step:
@@ -363,7 +365,7 @@ class Trainer:
         outcome = Outcome(reason, self.step, metrics=dict(self.last_eval))
         extra = self.finish(outcome)
         self._write_final_metrics(outcome, extra)
-        ctx.record(stop_reason=reason)
+        ctx.record(stop_reason=reason, requeue=None)
         ctx.beat(force=True, step=self.step, total_steps=total, phase="done", val_loss=self.last_eval.get("val_loss"))
         ctx.accelerator.wait_for_everyone()
         return outcome

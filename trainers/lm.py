@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.atomicio import append_jsonl
-from trainers.base import Budget, Outcome, Trainer, TrainerContext
+from trainers.base import Budget, Outcome, Trainer
 from trainers.data import BlockSampler, iter_eval_batches, tokenize_to_memmap
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. (2022): compute-optimal tokens per parameter
@@ -244,6 +244,3 @@ class LMTrainer(Trainer):
             "tokenizer": str(ctx.paths.tokenizer),
         }
 
-
-def make(ctx: TrainerContext) -> LMTrainer:
-    return LMTrainer(ctx)

@@ -125,6 +125,7 @@ class LocalBackend(Backend):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         live = [j for j in job_ids if job_alive(j)]
+        started_live = list(live)
         for job_id in live:
             _signal_group(job_id, signal.SIGTERM)
         deadline = time.monotonic() + KILL_WAIT
@@ -133,11 +134,39 @@ class LocalBackend(Backend):
             live = [j for j in live if job_alive(j)]
         for job_id in live:
             _signal_group(job_id, signal.SIGKILL)
+        # Stragglers whose wrapper is already gone. Only jobs seen alive above: a session id cannot be
+        # reused while any member lives, so these ids still name this job's processes.
+        for job_id in started_live:
+            pid, _ = parse_job_id(job_id)
+            for member in session_members(pid):
+                try:
+                    os.kill(member, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def session_members(sid: int) -> list[int]:
+    """Every live process of session `sid`: the job wrapper, the trainer's process group, its workers."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = data[data.rfind(")") + 2:].split()
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
 
 
 def _signal_group(job_id: str, sig: int) -> None:
+    """Signal the whole job: it is a session of its own (the trainer runs in its own group inside it)."""
     pid, _ = parse_job_id(job_id)
-    try:
-        os.killpg(pid, sig)  # the job is its own session and group leader
-    except ProcessLookupError:
-        pass
+    for member in session_members(pid) or [pid]:
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass

@@ -13,6 +13,9 @@ from ..submit import plan, submit_plan
 from .common import wait_for_runs
 
 
+SHOW_AT_MOST = 5  # a dry run of a 1,000-point sweep shows a few runs in full, then a count
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help="experiment spec YAML file(s); later ones may depend on earlier ones with after:")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
             kind = f"a sweep of {n} runs" if g.group.items[0].run.record.get("sweep_id") else "1 run"
             print(f"# {g.source}: {kind} on the {g.backend} backend" +
                   (f", at most {g.group.max_parallel} at a time" if g.group.max_parallel else ""))
+        shown = 0
         for entry, item in zip(out, (i for g in groups for i in g.group.items)):
+            if shown == SHOW_AT_MOST:
+                print(f"\n# ... and {total - shown} more run(s) like these (`--json` prints every one)")
+                break
+            shown += 1
             print(f"\n# ---- {entry['run_id']} (resolved spec)")
             sys.stdout.write(spec_to_yaml(item.spec))
             print(f"# ---- {entry['run_id']} (job script)")

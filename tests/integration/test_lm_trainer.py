@@ -178,6 +178,7 @@ def test_signal_checkpoints_and_exits_requeue(tmp_path: Path, configured: str, s
     assert proc.returncode == EXIT_REQUEUE, err[-3000:]
     rec = read_json(paths.run_json)
     assert rec["stop_reason"] == f"preempted: {sent.name}"
+    assert rec["requeue"] == {"attempt": 1, "step": read_jsonl(paths.diagnostics)[-1]["step"]}
     from trainers.checkpoint import list_checkpoints
 
     ckpts = [c for c in list_checkpoints(paths.root) if c.kind == "step"]
@@ -234,6 +235,27 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert abs(va - vb) <= 2e-5
     assert read_json(two.metrics)["world_size"] == 2
     assert read_json(two.metrics)["tokens_seen"] == read_json(one.metrics)["tokens_seen"]
+
+
+def test_two_process_preemption_checkpoints_and_records_requeue(tmp_path: Path) -> None:
+    """Under `accelerate launch` the launcher forwards SIGUSR1 (PET_SIGNALS_TO_HANDLE) to both workers;
+    they agree on the step (an all-reduce of the stop flags), checkpoint once and record the requeue in run.json (torchrun turns the
+    workers' exit 75 into 1, so the record is what tells the job wrapper to requeue)."""
+    paths = make_run(tmp_path, train={"max_steps": 5000}, eval={"every": 1000}, checkpoint={"every": 1000})
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(30500 + os.getpid() % 1000)]
+    env = {**env_for(paths), "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"}
+    proc = subprocess.Popen(launch + ["-m", "trainers", str(paths.root)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(read_jsonl(paths.diagnostics)) >= 12, proc)
+    proc.send_signal(signal.SIGUSR1)
+    proc.communicate(timeout=120)
+    rec = read_json(paths.run_json)
+    assert rec["stop_reason"] == "preempted: SIGUSR1"
+    step = rec["requeue"]["step"]
+    assert [p.name for p in paths.ckpt.glob("step-*")] == [f"step-{step:08d}"]
+    assert read_jsonl(paths.diagnostics)[-1]["step"] == step
 
 
 def test_generation_from_checkpoint_is_deterministic_at_temperature_0(finished: RunPaths) -> None:
