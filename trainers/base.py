@@ -297,6 +297,7 @@ class Trainer:
         """Set up, resume, and train until a budget, early stopping or a signal ends the run."""
         ctx, spec = self.ctx, self.spec
         ctx.signals.install()
+        ctx.record(stop_reason=None, requeue=None)  # this attempt has not stopped yet (a stale reason misleads)
         try:
             with ctx.beating("setup"):  # tokenizing a big corpus can take longer than the stall limit
                 self.setup()

@@ -406,12 +406,23 @@ class BlockSampler:
         }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Continue where `state` left off; refuses a state drawn with a different seed or batch shape."""
-        for key in ("seed", "block_size", "global_batch_size"):
+        """Continue where `state` left off; refuses a state drawn with a different seed or block size.
+
+        A different global micro-batch (after `orch monitor` halved the batch and doubled
+        grad_accum on an out-of-memory retry) continues at the same token position: batch k of the
+        new shape is drawn from a seed no earlier batch used, so no block is replayed by design.
+        """
+        for key in ("seed", "block_size"):
             mine = self.state_dict()[key]
             if key in state and int(state[key]) != mine:
                 raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {mine}")
-        self.batches_drawn = int(state["batches_drawn"])
+        drawn = int(state["batches_drawn"])
+        old_global = int(state.get("global_batch_size", self.batch_size * self.world_size))
+        new_global = self.batch_size * self.world_size
+        if old_global != new_global:
+            consumed = drawn * old_global  # sequences drawn so far, all ranks
+            drawn = -(-consumed // new_global)  # ceil: never step back onto drawn seeds
+        self.batches_drawn = drawn
 
 
 def epochs_to_steps(epochs: float, n_train_tokens: int, tokens_per_step: int) -> int:

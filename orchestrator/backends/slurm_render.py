@@ -34,11 +34,13 @@ BUILTIN = {1: "single_node.sh.tmpl", 2: "multi_node.sh.tmpl"}
 
 @functools.lru_cache(maxsize=None)
 def templates_dir() -> Path:
-    """`$ORCH_SLURM_TEMPLATES`, else the repository's slurm_templates/."""
+    """`$ORCH_SLURM_TEMPLATES`, else the installed `slurm_templates` package (package data)."""
     explicit = os.environ.get("ORCH_SLURM_TEMPLATES")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "slurm_templates"
+    import slurm_templates
+
+    return Path(slurm_templates.__file__).resolve().parent
 
 
 def template_path(spec: Spec, profile: ClusterProfile) -> Path:

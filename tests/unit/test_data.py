@@ -249,3 +249,23 @@ def test_epoch_accounting():
     assert sampler.epoch_tokens == 10_000 and sampler.tokens_per_batch == 64
     assert sampler.epochs_seen(25_000) == 2.5
     assert epochs_to_steps(2.0, 10_000, 128) == 157  # ceil(20000 / 128)
+
+
+def test_sampler_resumes_after_batch_halving_at_the_same_token_position() -> None:
+    """An OOM retry halves batch_size and doubles grad_accum: resume continues, it does not fail."""
+    import numpy as np
+
+    from trainers.data import BlockSampler
+
+    tokens = np.arange(10_000, dtype=np.uint16)
+    big = BlockSampler(tokens, block_size=16, batch_size=8, seed=3)
+    seen = {tuple(big.next_batch()[0][i].tolist()) for _ in range(5) for i in range(8)}
+    small = BlockSampler(tokens, block_size=16, batch_size=4, seed=3)
+    small.load_state_dict(big.state_dict())
+    assert small.batches_drawn * 4 == big.batches_drawn * 8  # same number of sequences consumed
+    x, _ = small.next_batch()
+    assert x.shape == (4, 16)
+    assert all(tuple(row.tolist()) not in seen for row in x)
+    other = BlockSampler(tokens, block_size=32, batch_size=4, seed=3)
+    with pytest.raises(ValueError, match="block_size"):
+        other.load_state_dict(big.state_dict())

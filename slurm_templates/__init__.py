@@ -1,0 +1,1 @@
+"""orch's sbatch templates, shipped as package data (see README.md beside this file)."""
