@@ -175,6 +175,7 @@ class TrainSpec(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     log_every: int = Field(10, ge=1)
+    max_nonfinite_logs: int = Field(3, ge=0, description="stop as diverged after this many NaN/inf log steps in a row (0: never)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

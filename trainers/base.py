@@ -117,7 +117,9 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_REQUEUE if self.preempted else EXIT_COMPLETED
+        if self.preempted:
+            return EXIT_REQUEUE
+        return 1 if self.stop_reason.startswith("diverged") else EXIT_COMPLETED
 
 
 # ----------------------------------------------------------------------------- the services
@@ -319,7 +321,8 @@ class Trainer:
         reason: Optional[str] = None
         preempted = saved_at = evaluated_at = None
         while True:
-            reason = ctx.budget.reason(self.step, self.tokens_seen) or ctx.stop_request(self.step, min(log_every, 10))
+            reason = (self._diverged or ctx.budget.reason(self.step, self.tokens_seen)
+                      or ctx.stop_request(self.step, min(log_every, 10)))
             if reason:
                 preempted = reason.startswith("preempted")
                 break
@@ -345,7 +348,7 @@ class Trainer:
             if ctx.beat_due():
                 ctx.beat(step=self.step, total_steps=total, phase="train", train_loss=self._last_loss,
                          val_loss=self.last_eval.get("val_loss"), tokens_per_sec=round(self._last_tps, 1),
-                         eta_s=self._eta(total))
+                         eta_s=self._eta(total), last_eval=self._eval_summary())
             if reason:
                 break
         ctx.print(f"stopping at step {self.step}: {reason}")
@@ -355,8 +358,16 @@ class Trainer:
             # Launchers (torchrun under `accelerate launch`) turn a worker's exit 75 into 1: this record
             # tells the job wrapper that the attempt checkpointed on a signal and wants a requeue.
             ctx.record(stop_reason=reason, requeue={"attempt": ctx.attempt, "step": self.step})
-            ctx.beat(force=True, step=self.step, total_steps=total, phase="preempted")
+            ctx.beat(force=True, step=self.step, total_steps=total, phase="preempted", train_loss=self._last_loss,
+                 last_eval=self._eval_summary())
             return Outcome(reason, self.step, preempted=True)
+        if reason and reason.startswith("diverged"):
+            # No checkpoint of a NaN model: a retry resumes from the last good one.
+            outcome = Outcome(reason, self.step, metrics=dict(self.last_eval))
+            self._write_final_metrics(outcome, {})
+            ctx.record(stop_reason=reason, requeue=None)
+            ctx.beat(force=True, step=self.step, total_steps=total, phase="diverged", last_eval=self._eval_summary())
+            return outcome
         if spec.eval.at_end and evaluated_at != self.step:
             self._evaluate()
         if saved_at != self.step:
@@ -367,7 +378,9 @@ class Trainer:
         extra = self.finish(outcome)
         self._write_final_metrics(outcome, extra)
         ctx.record(stop_reason=reason, requeue=None)
-        ctx.beat(force=True, step=self.step, total_steps=total, phase="done", val_loss=self.last_eval.get("val_loss"))
+        ctx.beat(force=True, step=self.step, total_steps=total, phase="done", train_loss=self._last_loss,
+                 val_loss=self.last_eval.get("val_loss"), tokens_per_sec=round(self._last_tps, 1),
+                 last_eval=self._eval_summary())
         ctx.accelerator.wait_for_everyone()
         return outcome
 
@@ -396,6 +409,10 @@ class Trainer:
         self.log_extras(record)
         ctx.logger.train(record)
         self._last_tps = tps
+        self._nonfinite_streak = self._nonfinite_streak + 1 if record["nonfinite"] else 0
+        limit = self.spec.train.max_nonfinite_logs
+        if limit and self._nonfinite_streak >= limit:  # the same on every process: vals are reduced
+            self._diverged = f"diverged: non-finite loss at {limit} log steps in a row (step {self.step})"
         lr = f" lr {record['lr']:.3g}" if isinstance(record.get("lr"), float) else ""
         ctx.logger.progress(self.step, loss=vals["loss"])
         ctx.logger.text(f"step {self.step}/{total or '?'} loss {vals['loss']:.4f}{lr} "
@@ -481,6 +498,15 @@ class Trainer:
     _start_step = 0
     _last_tps = 0.0
     _last_loss: Optional[float] = None
+    _nonfinite_streak = 0
+    _diverged: Optional[str] = None
+
+    def _eval_summary(self) -> Optional[dict[str, Any]]:
+        """The latest evaluation's scalars, mirrored into the heartbeat so `orch status` never reads
+        the metrics history."""
+        if not self.last_eval:
+            return None
+        return {k: v for k, v in _floats(self.last_eval).items() if isinstance(v, (int, float)) and "@" not in k}
 
     def _write_final_metrics(self, outcome: Outcome, extra: dict[str, Any]) -> None:
         ctx = self.ctx

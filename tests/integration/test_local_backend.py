@@ -195,3 +195,21 @@ def test_resume_continues_from_checkpoint(orch: Orch, tmp_path: Path) -> None:
     assert "resum" in log.lower()
     res = orch("resume", run_id, check=2)
     assert "already COMPLETED" in res.stderr
+
+
+def test_lm_run_that_diverges_stops_and_is_classified(orch: Orch, tmp_path: Path) -> None:
+    """A real NaN: an absurd learning rate blows the weights up; the trainer stops, never checkpoints NaN."""
+    spec = tiny(tmp_path, "nan", steps=400, eval_every=1000, ckpt_every=1000)
+    spec.write_text(spec.read_text().replace("lr: 3.0e-3", "lr: 1.0e+30").replace("warmup_steps: 2", "warmup_steps: 0"))
+    res = orch("submit", str(spec), "--set", "train.grad_clip=null", "--set", "train.min_lr=0",
+               "--wait", "--json", check=1, timeout=300)
+    [row] = json.loads(res.stdout)
+    rec = run_json(orch, row["run_id"])
+    assert rec["state"] == "FAILED", rec
+    assert rec["stop_reason"].startswith("diverged"), rec["stop_reason"]
+    assert rec["failure"]["class"] == "diverged", rec["failure"]
+    diag = [json.loads(l) for l in next(orch.results.glob(f"nan/{row['run_id']}/logs/train_diagnostics.jsonl")).read_text().splitlines()]
+    assert diag[-1]["nonfinite"] and diag[-1]["step"] < 400
+    assert not list(orch.results.glob(f"nan/{row['run_id']}/ckpt/step-*")), "a NaN model is never checkpointed"
+    s = status_of(orch, row["run_id"])
+    assert s["failure"] == "diverged"
