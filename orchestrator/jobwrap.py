@@ -55,6 +55,18 @@ def trainer_command(spec: Spec, run_dir: Path, port_seed: str) -> list[str]:
     return cmd + ["-m", "trainers", str(run_dir)]
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the job wrapper dies (killed, or its node lost), so a trainer
+    in its own process group is never left running unsupervised."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class JobWrapper:
     def __init__(self, run_dir: Path, backend: str, command: Optional[list[str]] = None) -> None:
         self.paths = RunPaths(run_dir.resolve())
@@ -187,6 +199,7 @@ class JobWrapper:
         still importing torch cannot kill the trainer; its handler replaces SIG_IGN once installed.
         """
         os.setpgid(0, 0)
+        _die_with_parent()
         if self.warn_signal not in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(self.warn_signal, signal.SIG_IGN)
 

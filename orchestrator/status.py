@@ -115,7 +115,9 @@ def _diagnose(view: RunView) -> None:
 
     if view.died:
         persist(view)
-    d = diagnose_run(view.run, backend_state=view.job.raw_state if view.job else None)
+    # A job that vanished without a recorded exit lost its wrapper: for diagnosis, a node failure.
+    state = "NODE_FAIL" if view.died else (view.job.raw_state if view.job else None)
+    d = diagnose_run(view.run, backend_state=state)
     record_failure(view.run, d)
     view.run.reload()
 
