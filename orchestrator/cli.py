@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(mod.run(args) or 0)
     except OrchError as exc:
         print(exc.render(), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
+        return exit_code_for(exc)
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exit_code_for(exc)
     except BrokenPipeError:  # `orch status | head`
         try:
             sys.stdout = open(os.devnull, "w")

@@ -58,7 +58,7 @@ class Comparison:
 
         with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200,
                                "display.max_colwidth", 40):
-            parts = [f"runs: " + ", ".join(f"{d.label} = {d.run_id} ({d.kind})" for d in self.items), ""]
+            parts = ["runs: " + ", ".join(f"{d.label} = {d.run_id} ({d.kind})" for d in self.items), ""]
             if len(self.spec):
                 parts += ["spec differences:", self.spec.map(_show).to_string(), ""]
             else:

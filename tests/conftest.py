@@ -5,8 +5,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -24,7 +25,7 @@ class Orch:
                     "ORCH_KILL_WAIT": "5", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false"}
 
-    def __call__(self, *args: str, check: bool | int = True, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, check: bool | int = True, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.cwd, env=self.env,
                              capture_output=True, text=True, timeout=timeout, **kw)
         expected = 0 if check is True else check
@@ -35,6 +36,24 @@ class Orch:
 
     def json(self, *args: str, **kw: Any) -> Any:
         return json.loads(self(*args, "--json", **kw).stdout)
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 180, what: str = "condition",
+               run_dir: Optional[Path] = None, every: float = 0.3) -> Any:
+    """Poll `pred` until it is truthy; on time-out, show the run folder's record and log tails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    extra = ""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        extra = (run_dir / "run.json").read_text(errors="replace")[-3000:] if (run_dir / "run.json").exists() else ""
+        for log in sorted((run_dir / "logs").glob("std*.log")):
+            extra += f"\n--- {log.name}\n" + log.read_text(errors="replace")[-2000:]
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
 
 
 @pytest.fixture

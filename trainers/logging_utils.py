@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.atomicio import append_jsonl

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..atomicio import atomic_write_text

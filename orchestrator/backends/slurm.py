@@ -147,7 +147,8 @@ class SlurmBackend(Backend):
         try:
             array_id = parse_sbatch(self.cli.run(["sbatch", "--parsable", str(path)]).stdout)
         except OrchError as exc:
-            parallel(lambda item: record_unsubmitted(item.run, self.name, exc.message), batch)
+            why = exc.message
+            parallel(lambda item: record_unsubmitted(item.run, self.name, why), batch)
             raise
         parallel(lambda pair: record_submitted(pair[1].run, self.name, f"{array_id}_{pair[0]}"), list(enumerate(batch)))
         return array_id

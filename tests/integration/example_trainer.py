@@ -13,7 +13,7 @@ import torch
 from trainers.base import Trainer
 
 
-class _Position:
+class BatchPosition:
     """The data position: which batch comes next (checkpointed through the default state_dict)."""
 
     def __init__(self) -> None:
@@ -37,7 +37,7 @@ class TinyRegressionTrainer(Trainer):
         model = torch.nn.Linear(self.dim, self.dim, bias=False)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.spec.train.lr)
         self.model, self.optimizer = self.ctx.accelerator.prepare(model, optimizer)
-        self.sampler = _Position()
+        self.sampler = BatchPosition()
         self.tokens_per_step = self.batch * self.ctx.world_size
 
     def _batch(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,6 @@ so every run takes a few seconds on a 2-core machine.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -11,12 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
+from typing import Any
 
 from orchestrator.backends.local import job_alive
-from tests.conftest import REPO, Orch
+from tests.conftest import REPO, Orch, wait_until
 
 TINY = """\
 name: {name}
@@ -37,16 +35,6 @@ def tiny(tmp_path: Path, name: str = "tiny", steps: int = 30, eval_every: int = 
 def run_json(orch: Orch, run_id: str) -> dict[str, Any]:
     [path] = list(orch.results.glob(f"*/{run_id}/run.json"))
     return json.loads(path.read_text())
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status_of(orch: Orch, run_id: str) -> dict[str, Any]:

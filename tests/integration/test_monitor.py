@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from orchestrator.atomicio import read_json, read_jsonl
+from tests.conftest import wait_until
 
 FAULTY = "tests.fixtures.faulty:FaultyTrainer"
 
@@ -54,21 +55,6 @@ def rec(run_dir: Path) -> dict[str, Any]:
     data = read_json(run_dir / "run.json")
     assert isinstance(data, dict), f"{run_dir}/run.json is damaged"
     return data
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 180, what: str = "condition", run_dir: Path | None = None) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    extra = ""
-    if run_dir is not None:
-        extra = json.dumps(rec(run_dir), indent=1)[-3000:]
-        for log in sorted((run_dir / "logs").glob("std*.log")):
-            extra += f"\n--- {log.name}\n" + log.read_text(errors="replace")[-2000:]
-    raise AssertionError(f"timed out waiting for {what}\n{extra}")
 
 
 def wait_state(run_dir: Path, *states: str, timeout: float = 180) -> dict[str, Any]:
@@ -161,7 +147,8 @@ def test_sigkill_mid_training_is_resubmitted_and_resumes(orch, tmp_path: Path) -
 
 # ----------------------------------------------------------------------------- SIGSTOP -> STALLED
 def test_sigstop_becomes_stalled_and_is_handled_per_policy(orch, tmp_path: Path) -> None:
-    base = {"train": {"max_steps": 400, "log_every": 2, "lr": 0.05, "min_lr": 0.0, "device": "cpu"},
+    # a budget no run finishes during the test (both are cancelled at the end), however fast the machine
+    base = {"train": {"max_steps": 100000, "log_every": 2, "lr": 0.05, "min_lr": 0.0, "device": "cpu"},
             "config": {"fail": "none", "step_sleep": 0.05}, "monitor": {"stall_after": 8}}
     kill = submit(orch, spec_file(tmp_path, "stall-kill", retry={"on": ["stalled"], "max_attempts": 2, "backoff": 0},
                                   **base))

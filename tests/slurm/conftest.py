@@ -6,16 +6,14 @@ because in CI a SLURM test that skips is a test that silently stopped testing.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
+
+from tests.conftest import Orch, wait_until  # noqa: F401  (re-exported to the SLURM tests)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -52,27 +50,6 @@ def _needs_slurm() -> None:
         pytest.skip(problem)
 
 
-class Orch:
-    """Runs `python -m orchestrator ...` (the real CLI) with its own results root and env."""
-
-    def __init__(self, results: Path, cwd: Path) -> None:
-        self.results, self.cwd = results, cwd
-        self.env = {**os.environ, "ORCH_RESULTS": str(results), "PYTHONUNBUFFERED": "1",
-                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-    def __call__(self, *args: str, check: bool | int = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.cwd, env=self.env,
-                             capture_output=True, text=True, timeout=timeout)
-        expected = 0 if check is True else check
-        if check is not False and res.returncode != expected:
-            raise AssertionError(f"orch {' '.join(args)} exited {res.returncode}, expected {expected}\n"
-                                 f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}")
-        return res
-
-    def json(self, *args: str, **kw: Any) -> Any:
-        return json.loads(self(*args, "--json", **kw).stdout)
-
-
 def make_orch(tmp_path: Path, cwd: Path, profile: str = "query_interval: 0.5\n") -> Orch:
     """The real CLI against a temp results root, a private query cache and cluster profile."""
     results = tmp_path / "results"
@@ -93,17 +70,6 @@ def stub_orch(tmp_path: Path) -> Orch:
 def lm_orch(tmp_path: Path) -> Orch:
     """orch run from the repository: jobs run the real `lm` trainer."""
     return make_orch(tmp_path, REPO)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def squeue_field(job_id: str, fmt: str) -> str:
