@@ -48,7 +48,7 @@ def build(root: Path, runs: int, lines: int, seed: int = 0, mirror: bool = True)
                "attempts": [{"n": 1, "backend": "local", "job_id": alive, "started_at": "2026-11-22T00:00:00"}]}
         if state == "COMPLETED":
             (d / "checks.json").write_text(json.dumps({"summary": "3/3", "passed": True}))
-            rec["checks_summary"] = "3/3"  # `orch check` keeps a copy in run.json
+            rec["checks"] = {"passed": True, "failing": [], "summary": "3/3"}  # `orch check`'s copy in run.json
         (d / "run.json").write_text(json.dumps(rec))
         beat = {"time": now, "step": 1234, "total_steps": 20000, "train_loss": 2.5, "tokens_per_sec": 12345.0, "eta_s": 600}
         if mirror:

@@ -697,7 +697,9 @@ def write_verdict(run: Run, verdict: RunVerdict) -> None:
     atomic_write_json(run.paths.checks, verdict.to_dict())
 
     def mutate(rec: dict[str, Any]) -> None:
+        passed = sum(1 for r in verdict.results if r.status == PASS)
         rec["checks"] = {"passed": verdict.passed, "failing": [r.name for r in verdict.failing],
+                         "summary": f"{passed}/{len(verdict.results)}" + ("" if verdict.passed else " FAIL"),
                          "checked_at": verdict.checked_at}
     if run.paths.run_json.exists():
         run.update(mutate)

@@ -51,6 +51,7 @@ class RunPaths:
 
     def __init__(self, root: Path | str) -> None:
         self._root = os.fspath(root)
+        self.run_id = os.path.basename(self._root)  # asked for constantly by status
 
     @cached_property
     def root(self) -> Path:
@@ -74,10 +75,6 @@ class RunPaths:
         return f"RunPaths({self._root!r})"
 
     # -- identity and state ------------------------------------------------------------
-    @property
-    def run_id(self) -> str:
-        return os.path.basename(self._root)
-
     @property
     def group(self) -> str:
         """The experiment name: the folder above the run."""

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .atomicio import read_json, tail_jsonl
+from .atomicio import tail_jsonl
 from .attempts import current_job_id
 from .backends import JobStatus, get_backend
 from .errors import OrchError
@@ -91,7 +91,7 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
             else:
                 view.state = run.state  # local: alive; the wrapper's record says QUEUED or RUNNING
     for view in views.values():
-        if view.state == State.FAILED and not (view.run.record.get("failure") or {}).get("evidence"):
+        if view.state == State.FAILED and not (view.run.record.get("failure") or {}).get("diagnosed_at"):
             try:
                 _diagnose(view)
             except OSError:  # someone else's read-only results tree: show what is there
@@ -157,19 +157,8 @@ def latest_metrics(run: Run) -> dict[str, Any]:
 
 
 def checks_summary(run: Run) -> Optional[str]:
-    """'passed/total' from run.json's copy (written by `orch check`), else checks.json."""
-    cached = run.record.get("checks_summary")
-    if isinstance(cached, str):
-        return cached
-    if run.state.active:
-        return None
-    data = read_json(run.paths.fast("checks"))
-    if not isinstance(data, dict):
-        return None
-    if "summary" in data and isinstance(data["summary"], str):
-        return data["summary"]
-    results = data.get("results") or data.get("checks") or []
-    if not isinstance(results, list):
-        return None
-    passed = sum(1 for r in results if isinstance(r, dict) and r.get("passed"))
-    return f"{passed}/{len(results)}"
+    """'passed/total' from the copy `orch check` keeps in run.json: status never opens checks.json."""
+    checks = run.record.get("checks")
+    if isinstance(checks, dict) and isinstance(checks.get("summary"), str):
+        return checks["summary"]
+    return None
