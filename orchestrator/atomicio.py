@@ -131,6 +131,21 @@ def tail_jsonl(path: Path | str, n: int = 1, *, chunk: int = 8192) -> list[dict[
 
 
 @contextlib.contextmanager
+def dir_lock(path: Path | str) -> Iterator[None]:
+    """An exclusive flock on a directory itself: no lock file to create (a metadata write that
+    costs ~0.5 ms on a busy or network filesystem, times every run of a 1,000-point sweep)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def file_lock(path: Path | str, *, blocking: bool = True) -> Iterator[bool]:
     """An advisory flock held for the block; yields False when non-blocking and taken."""
     path = Path(path)

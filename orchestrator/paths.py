@@ -89,10 +89,6 @@ class RunPaths:
         return Path(self.fast("run_json"))  # state, attempts, exit codes, stop reason
 
     @property
-    def run_lock(self) -> Path:
-        return self.root / ".run.lock"  # serializes read-modify-write of run.json
-
-    @property
     def provenance(self) -> Path:
         return Path(self.fast("provenance"))
 

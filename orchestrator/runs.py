@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .atomicio import atomic_write_json, file_lock, read_json
+from .atomicio import atomic_write_json, dir_lock, read_json
 from .errors import RunNotFound, UserError
 from .paths import RunPaths, check_name, inside
 from .states import State
@@ -70,7 +70,7 @@ class Run:
 
     def update(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Apply `mutate` to run.json under the run's lock and write it back atomically."""
-        with file_lock(self.paths.run_lock):
+        with dir_lock(self.paths.dir):
             rec = read_json(self.paths.run_json, default={}) or {}
             mutate(rec)
             rec["updated_at"] = now_iso()

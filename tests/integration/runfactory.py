@@ -97,7 +97,7 @@ def make_run(results: Path, name: str = "quick", run_id: str | None = None, *, l
     p.checks.write_text(json.dumps({"run_id": run_id, "passed": True, "results": [
         {"name": "val_loss < 2.5", "kind": "spec", "severity": "error", "status": "pass", "detail": "val_loss=1.2"}]}))
     p.heartbeat.write_text("{}")
-    p.run_lock.write_text("")
+    (p.root / ".job.lock").write_text("")  # a hidden lock file, as a live job leaves
     (p.root / ".env").write_text("HF_TOKEN=hf_secretsecretsecretsecret\n")
     (p.root / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     rnd = __import__("random").Random(seed)
