@@ -77,7 +77,7 @@ def _row(s: dict[str, Any]) -> list[str]:
     note = s["failure"] or s["reason"] or s["stop_reason"] or ""
     beat = fmt_age(s["heartbeat_age_s"]) if s["state"] in ("RUNNING", "STALLED") else "-"
     return [s["run_id"], s["state"], step, pct, fmt_num(m.get("train_loss")), fmt_num(m.get("val_loss")),
-            fmt_num(s["tokens_per_sec"], 3), fmt_age(s["eta_s"]), beat, s["checks"] or "-", str(note)]
+            f"{s['tokens_per_sec']:,.0f}" if isinstance(s["tokens_per_sec"], (int, float)) else "-", fmt_age(s["eta_s"]), beat, s["checks"] or "-", str(note)]
 
 
 def render_table(rows: list[list[str]]) -> str:
