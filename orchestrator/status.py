@@ -113,13 +113,28 @@ def _diagnose(view: RunView) -> None:
     """A failed run nobody classified yet (a job that died without a word): read its log tails once."""
     from .diagnose import diagnose_run, record_failure
 
+    job = view.job
     if view.died:
         persist(view)
+    elif job is not None and (job.exit_code is not None or job.signal is not None):
+        _record_backend_exit(view, job)  # the wrapper never wrote one: the scheduler's word is all there is
     # A job that vanished without a recorded exit lost its wrapper: for diagnosis, a node failure.
-    state = "NODE_FAIL" if view.died else (view.job.raw_state if view.job else None)
+    state = "NODE_FAIL" if view.died else (job.raw_state if job else None)
     d = diagnose_run(view.run, backend_state=state)
     record_failure(view.run, d)
     view.run.reload()
+
+
+def _record_backend_exit(view: RunView, job: JobStatus) -> None:
+    def mutate(rec: dict[str, Any]) -> None:
+        if not State(rec.get("state", "PENDING")).terminal:
+            rec["state"] = str(view.state)
+        for att in rec.get("attempts", [])[-1:]:
+            if att.get("exit_code") is None and att.get("signal") is None:
+                att.update(exit_code=job.exit_code, signal=job.signal, state=str(view.state),
+                           cause="killed" if job.signal else None)
+
+    view.run.update(mutate)
 
 
 def persist(view: RunView) -> bool:
