@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,18 @@ def make_run(results: Path, name: str = "quick", run_id: str | None = None, *, l
     (p.tokenizer).mkdir(exist_ok=True)
     (p.tokenizer / "tokenizer.json").write_text(json.dumps({"type": "char", "vocab": list("abc")}))
     return p
+
+
+def sigkill_mid_copy(proc: subprocess.Popen[Any], dest: Path, pattern: str, timeout: float = 120) -> bool:
+    """SIGKILL a running `orch preserve` once a file matching `pattern` (under dest) has started to
+    be written; False when the copy finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        hits = list(dest.glob(pattern)) if dest.exists() else []
+        if hits and hits[0].stat().st_size > 0:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.wait()
+    return False

@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from runfactory import REPO, make_run, orch
+from runfactory import REPO, make_run, orch, sigkill_mid_copy
 
 SECRET_VALUES = ("abc123-secret-value", "hf_xxxxxxxx", "hf_secretsecret", "OPENSSH PRIVATE KEY")
 
@@ -152,17 +150,7 @@ def test_killed_midway_leaves_no_complete_looking_bundle(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--results", str(results), "preserve", "quick",
                              "--dest", str(dest), "--copy"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    killed = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        tmps = list(dest.glob(".tmp-*/ckpt/best/model/huge.bin")) if dest.exists() else []
-        if tmps and tmps[0].stat().st_size > 0:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.02)
-    proc.wait()
-    if not killed:
+    if not sigkill_mid_copy(proc, dest, ".tmp-*/ckpt/best/model/huge.bin"):
         pytest.skip("the copy finished before it could be interrupted")
     visible = [p for p in dest.iterdir() if not p.name.startswith(".")]
     assert visible == []  # nothing that looks like a bundle

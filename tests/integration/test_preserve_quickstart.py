@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from runfactory import REPO, orch
+from runfactory import REPO, orch, sigkill_mid_copy
 
 QUICKSTART = REPO / "jobs" / "quickstart.yaml"
 pytestmark = pytest.mark.skipif(not QUICKSTART.is_file(), reason="jobs/quickstart.yaml is absent")
@@ -94,17 +92,7 @@ def test_killed_preserve_of_real_run(sweep: tuple[Path, list[Path]], tmp_path: P
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--results", str(copy_root), "preserve",
                              runs[1].name, "--dest", str(dest), "--checkpoints", "all", "--copy"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    killed = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        hits = list(dest.glob(f".tmp-*/ckpt/{ck.name}/big_fake_shard.bin")) if dest.exists() else []
-        if hits and hits[0].stat().st_size > 0:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.02)
-    proc.wait()
-    if not killed:
+    if not sigkill_mid_copy(proc, dest, f".tmp-*/ckpt/{ck.name}/big_fake_shard.bin"):
         pytest.skip("the copy finished before it could be interrupted")
     assert _bundles(dest) == []
     big.unlink()
