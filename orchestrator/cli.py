@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_USAGE, OrchError, exit_code_for
+from .paths import default_results_root
 
 # name -> (module under orchestrator.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
-        args.results = Path(args.results or os.environ.get("ORCH_RESULTS") or "results")
+        args.results = Path(args.results) if args.results else default_results_root()
         mod = _load(args._module)
         if not hasattr(mod, "add_arguments"):
             raise UsageError(f"unknown command {args.command}")

@@ -709,6 +709,3 @@ def spec_from_run(spec_path: Path) -> Spec:
     except ValidationError as exc:
         raise _to_spec_errors(exc, {}, str(spec_path), schema=schema)
 
-
-def json_schema(trainer: str = "lm") -> dict[str, Any]:
-    return spec_class_for(trainer).model_json_schema()

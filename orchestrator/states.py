@@ -29,9 +29,7 @@ class State(str, Enum):
 
 TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.PREEMPTED})
 ACTIVE = frozenset({State.PENDING, State.QUEUED, State.RUNNING, State.STALLED})
-RESUMABLE = frozenset({State.FAILED, State.CANCELLED, State.TIMEOUT, State.PREEMPTED, State.STALLED})
 
 # Trainer exit codes, understood by the job wrapper on every backend.
 EXIT_COMPLETED = 0
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a preemption/time-limit signal; requeue me
-EXIT_EARLY_STOP = 0  # early stopping is a normal completion (stop reason says why)

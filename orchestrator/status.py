@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .atomicio import tail_jsonl
 from .attempts import current_job_id
 from .backends import JobStatus, get_backend
 from .errors import OrchError
@@ -157,18 +156,6 @@ def persist(view: RunView) -> bool:
 
     view.run.update(mutate)
     return True
-
-
-def latest_metrics(run: Run) -> dict[str, Any]:
-    """The newest evaluation and diagnostics record (tail reads, whatever the history length)."""
-    hist = tail_jsonl(run.paths.metrics_history, 1)
-    diag = tail_jsonl(run.paths.diagnostics, 1)
-    out: dict[str, Any] = {}
-    if diag:
-        out.update({f"train.{k}": v for k, v in diag[0].items()})
-    if hist:
-        out.update(hist[0])
-    return out
 
 
 def checks_summary(run: Run) -> Optional[str]:
