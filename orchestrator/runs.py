@@ -126,6 +126,7 @@ class ResultsRoot:
             "name": name,
             "state": str(State.PENDING),
             "created_at": now_iso(),
+            "created_ns": time.time_ns(),  # orders runs made within the same second
             "created_by": f"{os.environ.get('USER', '?')}@{socket.gethostname()}",
             "attempts": [],
             **record,
@@ -155,7 +156,8 @@ class ResultsRoot:
                         yield run
 
     def resolve(self, ref: str) -> Run:
-        """A run from its id, a unique prefix of it, `name/run_id`, or a run folder path."""
+        """A run from its id, a unique prefix of it, `name/run_id`, a run folder path, or an
+        experiment name (its newest run: `orch logs quickstart`)."""
         as_path = Path(ref)
         if (as_path / "run.json").exists():
             return Run(RunPaths(as_path))
@@ -168,6 +170,9 @@ class ResultsRoot:
             return exact[0]
         if len(matches) == 1:
             return matches[0]
+        named = [r for r in matches if r.paths.group == ref]
+        if named and len(named) == len(matches):  # the newest run of that name
+            return max(named, key=lambda r: (r.record.get("created_ns", 0), r.run_id))
         if not matches:
             raise RunNotFound(
                 f"no run matches {ref!r} in {self.root}",

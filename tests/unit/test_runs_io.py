@@ -89,6 +89,7 @@ def test_run_ids_are_readable_unique_and_resolvable(tmp_path: Path) -> None:
     assert root.resolve(a.run_id[: common + 1]).run_id == a.run_id  # the shortest unique prefix
     with pytest.raises(RunNotFound, match="matches 2 runs"):
         root.resolve("exp-")
+    assert root.resolve("exp").run_id == b.run_id  # a name means its newest run
     with pytest.raises(RunNotFound):
         root.resolve("nope")
     assert {r.run_id for r in root.resolve_many(["exp"])} == {a.run_id, b.run_id}
