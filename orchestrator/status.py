@@ -95,16 +95,15 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
                 _diagnose(view)
             except OSError:  # someone else's read-only results tree: show what is there
                 pass
-        if view.state in (State.RUNNING, State.STALLED):
+        if view.state != State.PENDING:
             view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
+        if view.state in (State.RUNNING, State.STALLED):
             age = heartbeat_age(view.heartbeat, now)
             if age is not None and age > _stall_after(view.run):
                 view.state = State.STALLED
                 view.reason = f"no heartbeat for {int(age)} s"
             elif view.state == State.STALLED and age is not None:
                 view.state = State.RUNNING
-        elif view.state.terminal or view.state == State.QUEUED:
-            view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
     return [views[r.run_id] for r in runs]
 
 

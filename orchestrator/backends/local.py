@@ -23,15 +23,20 @@ from .base import Backend, JobStatus, SubmitGroup, SubmitItem
 KILL_WAIT = float(os.environ.get("ORCH_KILL_WAIT", "10"))  # SIGTERM -> SIGKILL grace (Slurm's KillWait)
 
 
-def proc_start_ticks(pid: int) -> Optional[tuple[int, str]]:
-    """(start time in clock ticks since boot, state letter) of a live pid, or None."""
+def _stat_fields(pid: int | str) -> Optional[list[str]]:
+    """The fields of /proc/<pid>/stat after "(comm)": [state, ppid, pgrp, session, ...], or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
-    rest = data[data.rfind(")") + 2:].split()  # fields after "(comm)"
-    return int(rest[19]), rest[0]
+    return data[data.rfind(")") + 2:].split()
+
+
+def proc_start_ticks(pid: int) -> Optional[tuple[int, str]]:
+    """(start time in clock ticks since boot, state letter) of a live pid, or None."""
+    fields = _stat_fields(pid)
+    return (int(fields[19]), fields[0]) if fields else None
 
 
 def make_job_id(pid: int) -> str:
@@ -131,13 +136,10 @@ class LocalBackend(Backend):
         while live and time.monotonic() < deadline:
             time.sleep(0.1)
             live = [j for j in live if job_alive(j)]
-        for job_id in live:
-            _signal_group(job_id, signal.SIGKILL)
-        # Stragglers whose wrapper is already gone. Only jobs seen alive above: a session id cannot be
-        # reused while any member lives, so these ids still name this job's processes.
+        # Whatever is left of each session, wrapper or stragglers. Only jobs seen alive above: a session
+        # id cannot be reused while any member lives, so these ids still name this job's processes.
         for job_id in started_live:
-            pid, _ = parse_job_id(job_id)
-            for member in session_members(pid):
+            for member in session_members(parse_job_id(job_id)[0]):
                 try:
                     os.kill(member, signal.SIGKILL)
                 except ProcessLookupError:
@@ -148,15 +150,8 @@ def session_members(sid: int) -> list[int]:
     """Every live process of session `sid`: the job wrapper, the trainer's process group, its workers."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                data = fh.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = data[data.rfind(")") + 2:].split()
-        if len(fields) > 3 and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields and len(fields) > 3 and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             members.append(int(entry))
     return members
 
