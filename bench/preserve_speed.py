@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.paths import RunPaths  # noqa: E402
+from orchestrator.record.paths import RunPaths  # noqa: E402
 
 CHUNK = 16 * 1024 * 1024
 

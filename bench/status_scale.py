@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from orchestrator.backends.local import make_job_id  # noqa: E402
+from orchestrator.backends.local.submit import make_job_id  # noqa: E402
 
 STATES = ["COMPLETED"] * 5 + ["FAILED", "CANCELLED", "TIMEOUT", "RUNNING", "QUEUED"]
 

@@ -53,7 +53,7 @@ def main() -> int:
     if not shutil.which("sbatch") or "is UP" not in subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout:
         print("no Slurm cluster answers: run `tests/slurm/cluster.sh up` first", file=sys.stderr)
         return 2
-    from orchestrator.backends.slurm_cli import SlurmCLI
+    from orchestrator.backends.slurm.cli import SlurmCLI
 
     tmp = Path(tempfile.mkdtemp(prefix="orch-submit-scale-"))
     (tmp / "cluster.yaml").write_text("sbatch: ['--hold']\nquery_interval: 0\n")

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.atomicio import read_jsonl  # noqa: E402
-from orchestrator.runs import ResultsRoot  # noqa: E402
-from orchestrator.spec import Spec, spec_to_yaml  # noqa: E402
-from trainers.data import BlockSampler, tokenize_to_memmap  # noqa: E402
-from trainers.lm import build_optimizer, lr_at  # noqa: E402
-from trainers.models import build_model  # noqa: E402
+from orchestrator.record.atomicio import read_jsonl  # noqa: E402
+from orchestrator.record.tree import ResultsRoot  # noqa: E402
+from orchestrator.spec.schema import Spec, spec_to_yaml  # noqa: E402
+from trainers.lm.data import BlockSampler, tokenize_to_memmap  # noqa: E402
+from trainers.lm.trainer import build_optimizer, lr_at  # noqa: E402
+from trainers.lm.models import build_model  # noqa: E402
 
 
 def make_spec(args: argparse.Namespace) -> Spec:
@@ -74,8 +74,8 @@ def plain_loop(spec: Spec, data, warmup: int, every: int) -> list[float]:
 
 def trainer_run(spec: Spec, results: Path, warmup: int) -> list[float]:
     """The lm trainer with full logging; tokens/s of each log interval after `warmup`, from its own diagnostics."""
-    from trainers.base import TrainerContext
-    from trainers.lm import LMTrainer
+    from trainers.framework.base import TrainerContext
+    from trainers.lm.trainer import LMTrainer
 
     run = ResultsRoot(results).create_run(spec.name, {})
     run.paths.spec.write_text(spec_to_yaml(spec))

@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 def load(path: Any = "results") -> Any:
     """Runs, metrics history and diagnostics of a results tree or bundle, as pandas DataFrames."""
-    from .notebook import load as _load
+    from orchestrator.analysis.notebook import load as _load
 
     return _load(path)

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import EXIT_USAGE, OrchError, exit_code_for
-from .paths import default_results_root
+from orchestrator.errors import EXIT_USAGE, OrchError, exit_code_for
+from orchestrator.record.paths import default_results_root
 
 # name -> (module under orchestrator.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         if args.version:
-            from . import __version__
+            from orchestrator import __version__
 
             print(f"orch {__version__}")
             return 0

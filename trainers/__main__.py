@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir} has no spec.yaml: not a run folder", file=sys.stderr)
         return 2
     try:
-        from orchestrator.spec import spec_from_run
+        from orchestrator.spec.schema import spec_from_run
         from trainers import resolve_trainer
-        from trainers.base import TrainerContext
+        from trainers.framework.base import TrainerContext
 
         from transformers.utils import logging as hf_logging
 

@@ -8,11 +8,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..states import State
+from orchestrator.record.states import State
 
 if TYPE_CHECKING:  # the spec pulls in pydantic; `orch status` must not pay for it
-    from ..runs import Run
-    from ..spec import Spec
+    from orchestrator.record.tree import Run
+    from orchestrator.spec.schema import Spec
 
 
 @dataclass
@@ -72,13 +72,13 @@ class Backend(ABC):
 
 def get_backend(name: str) -> Backend:
     if name == "local":
-        from .local import LocalBackend
+        from orchestrator.backends.local.submit import LocalBackend
 
         return LocalBackend()
     if name == "slurm":
-        from .slurm import SlurmBackend
+        from orchestrator.backends.slurm.submit import SlurmBackend
 
         return SlurmBackend()
-    from ..errors import UserError
+    from orchestrator.errors import UserError
 
     raise UserError(f"unknown backend {name!r}", hint="use local or slurm")

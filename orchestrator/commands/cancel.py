@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from ..attempts import current_job_id
-from ..backends import get_backend
-from ..runs import ResultsRoot, Run
-from ..states import State
-from ..status import refresh
+from orchestrator.record.attempts import current_job_id
+from orchestrator.backends import get_backend
+from orchestrator.record.tree import ResultsRoot, Run
+from orchestrator.record.states import State
+from orchestrator.lifecycle.refresh import refresh
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

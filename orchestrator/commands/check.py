@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from ..checks import FAIL, PASS, UNKNOWN, RunVerdict, check_and_record
-from ..errors import UserError
-from ..runs import ResultsRoot
+from orchestrator.checks.judge import FAIL, PASS, UNKNOWN, RunVerdict, check_and_record
+from orchestrator.errors import UserError
+from orchestrator.record.tree import ResultsRoot
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "unknown": "UNKNOWN", "error": "ERROR", "note": "note", "skip": "-"}
 

@@ -5,9 +5,9 @@ import sys
 import time
 from typing import Optional
 
-from ..runs import Run
-from ..states import State
-from ..status import persist, refresh
+from orchestrator.record.tree import Run
+from orchestrator.record.states import State
+from orchestrator.lifecycle.refresh import persist, refresh
 
 
 def fmt_age(seconds: Optional[float]) -> str:

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomicio import atomic_write_bytes
-from ..errors import UserError
-from ..rundata import open_source, unique_labels
+from orchestrator.record.atomicio import atomic_write_bytes
+from orchestrator.errors import UserError
+from orchestrator.analysis.rundata import open_source, unique_labels
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _expand(refs: list[str], results: Path) -> list:
-    from ..runs import ResultsRoot
+    from orchestrator.record.tree import ResultsRoot
 
     out = []
     for ref in refs:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--plot {args.plot}: the file name must end in .png")
     items = _expand(args.refs, args.results)
     unique_labels(items)
-    from ..compare import compare
+    from orchestrator.analysis.compare import compare
 
     cmp = compare(items, args.metrics, args.at)
     if args.json:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(cmp.render())
     if args.plot:
-        from ..plotting import compare_figure
+        from orchestrator.analysis.plotting import compare_figure
 
         png = compare_figure(items, [m for m in cmp.metrics if "@" not in m], args.at)
         out = Path(args.plot)

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from ..runs import ResultsRoot
+from orchestrator.errors import UserError
+from orchestrator.record.tree import ResultsRoot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +48,8 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainers.checkpoint import list_checkpoints
-    from trainers.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
+    from trainers.framework.checkpoint import list_checkpoints
+    from trainers.framework.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
 
     run_dir = _run_dir(args.results, args.run)
     if not list_checkpoints(run_dir):

@@ -5,8 +5,8 @@ import argparse
 import sys
 import time
 
-from ..errors import UserError
-from ..runs import ResultsRoot
+from orchestrator.errors import UserError
+from orchestrator.record.tree import ResultsRoot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from orchestrator.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 def one_pass(args: argparse.Namespace) -> int:
     import json
 
-    from ..alerts import print_summary
-    from ..monitor import Monitor
+    from orchestrator.monitor.alerts import print_summary
+    from orchestrator.monitor.monitor import Monitor
 
     result = Monitor(args.results, log=lambda s: None if args.quiet else print(s, file=sys.stderr)).run_pass()
     if result.skipped:

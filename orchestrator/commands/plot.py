@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomicio import atomic_write_bytes
-from ..errors import UserError
-from ..rundata import open_source
+from orchestrator.record.atomicio import atomic_write_bytes
+from orchestrator.errors import UserError
+from orchestrator.analysis.rundata import open_source
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"{d.run_id}_curves.png")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the file name must end in .png")
-    from ..plotting import training_curves
+    from orchestrator.analysis.plotting import training_curves
 
     png = training_curves(d)
     if png is None:

@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..ckptselect import POLICIES
-from ..errors import EXIT_USAGE, UserError
-from ..preserve import ARCHIVES, preserve
-from ..rundata import RunData
-from ..runs import ResultsRoot
+from orchestrator.preserve.ckptselect import POLICIES
+from orchestrator.errors import EXIT_USAGE, UserError
+from orchestrator.preserve.bundle import ARCHIVES, preserve
+from orchestrator.analysis.rundata import RunData
+from orchestrator.record.tree import ResultsRoot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..runs import ResultsRoot
-from ..status import persist, refresh
-from ..submit import ensure_stopped, resubmit
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.lifecycle.refresh import persist, refresh
+from orchestrator.lifecycle.submit import ensure_stopped, resubmit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..spec import spec_class_for
+    from orchestrator.spec.schema import spec_class_for
 
     print(json.dumps(spec_class_for(args.trainer).model_json_schema(), indent=2))
     return 0

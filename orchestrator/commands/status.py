@@ -13,13 +13,13 @@ import sys
 import time
 from typing import Any
 
-from ..atomicio import tail_jsonl
-from ..errors import UserError
-from ..heartbeat import heartbeat_age
-from ..runs import ResultsRoot
-from ..states import State
-from ..status import RunView, checks_summary, refresh
-from .common import fmt_age, fmt_num
+from orchestrator.record.atomicio import tail_jsonl
+from orchestrator.errors import UserError
+from orchestrator.record.heartbeat import heartbeat_age
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.record.states import State
+from orchestrator.lifecycle.refresh import RunView, checks_summary, refresh
+from orchestrator.commands.common import fmt_age, fmt_num
 
 COLUMNS = ("RUN", "STATE", "STEP", "%", "TRAIN", "VAL", "TOK/S", "ETA", "BEAT", "CHECKS", "NOTE")
 

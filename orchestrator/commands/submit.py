@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import OrchError
-from ..runs import ResultsRoot
-from ..spec import spec_to_yaml
-from ..submit import plan, submit_plan
-from .common import wait_for_runs
+from orchestrator.errors import OrchError
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.spec.schema import spec_to_yaml
+from orchestrator.lifecycle.submit import plan, submit_plan
+from orchestrator.commands.common import wait_for_runs
 
 
 SHOW_AT_MOST = 5  # a dry run of a 1,000-point sweep shows a few runs in full, then a count
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     groups = plan(args.specs, root, args.overrides, args.backend, dry_run=args.dry_run, argv=argv)
     total = sum(len(g.group.items) for g in groups)
     if args.dry_run:
-        from ..backends import get_backend
+        from orchestrator.backends import get_backend
 
         out = []
         for g in groups:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
-from ..manifest import iter_lines, verify_bundle
+from orchestrator.errors import UserError
+from orchestrator.preserve.manifest import iter_lines, verify_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

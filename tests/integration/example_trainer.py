@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from trainers.base import Trainer
+from trainers.framework.base import Trainer
 
 
 class BatchPosition:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.paths import RunPaths
+from orchestrator.record.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.atomicio import read_jsonl
+from orchestrator.record.atomicio import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0-sample.json"

@@ -17,11 +17,11 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from orchestrator.atomicio import read_json, read_jsonl
-from orchestrator.paths import RunPaths
-from orchestrator.runs import ResultsRoot
-from orchestrator.spec import Spec, deep_merge, spec_to_yaml
-from orchestrator.states import EXIT_REQUEUE
+from orchestrator.record.atomicio import read_json, read_jsonl
+from orchestrator.record.paths import RunPaths
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.spec.schema import Spec, deep_merge, spec_to_yaml
+from orchestrator.record.states import EXIT_REQUEUE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -178,7 +178,7 @@ def test_signal_checkpoints_and_exits_requeue(tmp_path: Path, configured: str, s
     rec = read_json(paths.run_json)
     assert rec["stop_reason"] == f"preempted: {sent.name}"
     assert rec["requeue"] == {"attempt": 1, "step": read_jsonl(paths.diagnostics)[-1]["step"]}
-    from trainers.checkpoint import list_checkpoints
+    from trainers.framework.checkpoint import list_checkpoints
 
     ckpts = [c for c in list_checkpoints(paths.root) if c.kind == "step"]
     last_step = read_jsonl(paths.diagnostics)[-1]["step"]
@@ -258,8 +258,8 @@ def test_two_process_preemption_checkpoints_and_records_requeue(tmp_path: Path) 
 
 
 def test_generation_from_checkpoint_is_deterministic_at_temperature_0(finished: RunPaths) -> None:
-    from trainers.checkpoint import list_checkpoints, load_for_generation
-    from trainers.generation import generate
+    from trainers.framework.checkpoint import list_checkpoints, load_for_generation
+    from trainers.framework.generation import generate
 
     assert [c.kind for c in list_checkpoints(finished.root)] == ["step", "step", "best"]
     model, tok, info = load_for_generation(finished.root, step=20)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends.local import job_alive
+from orchestrator.backends.local.submit import job_alive
 from tests.conftest import REPO, Orch, wait_until
 
 TINY = """\

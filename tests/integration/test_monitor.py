@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.atomicio import read_json, read_jsonl
+from orchestrator.record.atomicio import read_json, read_jsonl
 from tests.conftest import wait_until
 
 FAULTY = "tests.fixtures.faulty:FaultyTrainer"

@@ -214,8 +214,8 @@ def test_bad_input_exit_2(env: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 def test_preserve_run_api(env: tuple[Path, Path]) -> None:
-    from orchestrator.preserve import preserve_run
-    from orchestrator.runs import ResultsRoot
+    from orchestrator.preserve.bundle import preserve_run
+    from orchestrator.record.tree import ResultsRoot
 
     results, dest = env
     run = ResultsRoot(results).resolve("quick")

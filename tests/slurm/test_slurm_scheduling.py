@@ -175,9 +175,9 @@ def test_status_from_markers_when_accounting_is_off(tmp_path: Path) -> None:
         assert status(orch)[rows[0]["run_id"]]["state"] == "COMPLETED"
         # A job the scheduler has forgotten (aged out of squeue, no sacct): the backend says
         # "unknown" and status falls back to the run folder's own record.
-        from orchestrator.backends.slurm import SlurmBackend
-        from orchestrator.backends.slurm_cli import SlurmCLI
-        from orchestrator.cluster_profile import ClusterProfile
+        from orchestrator.backends.slurm.submit import SlurmBackend
+        from orchestrator.backends.slurm.cli import SlurmCLI
+        from orchestrator.spec.profile import ClusterProfile
 
         backend = SlurmBackend(ClusterProfile(cache_dir=str(tmp_path / "cache2"), query_interval=0))
         before = dict(SlurmCLI.calls)

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from types import SimpleNamespace
 
-from orchestrator.alerts import describe, dispatch, run_command_hook, send_email, summary_lines
+from orchestrator.monitor.alerts import describe, dispatch, run_command_hook, send_email, summary_lines
 
 EV = {"event": "failed", "run_id": "r-1", "attempt": 1, "class": "data_error",
       "summary": "data error: UnicodeDecodeError: bad byte (at data.py:65)",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.atomicio import append_jsonl, atomic_write_json
-from orchestrator.checks import (Records, build_metrics, check_run, evaluate_check, flatten,
+from orchestrator.record.atomicio import append_jsonl, atomic_write_json
+from orchestrator.checks.judge import (Records, build_metrics, check_run, evaluate_check, flatten,
                                  verify_checkpoint)
-from orchestrator.runs import ResultsRoot, Run
-from orchestrator.spec import Spec, spec_to_yaml
+from orchestrator.record.tree import ResultsRoot, Run
+from orchestrator.spec.schema import Spec, spec_to_yaml
 
 
 def make_run(root: Path, checks: list, state: str = "COMPLETED", *, losses=None, evals=None, metrics=None,

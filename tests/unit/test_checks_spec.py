@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.checkexpr import CheckSyntaxError, compile_check
+from orchestrator.checks.expr import CheckSyntaxError, compile_check
 from orchestrator.errors import SpecErrors
-from orchestrator.spec import load_spec
+from orchestrator.spec.schema import load_spec
 
 BAD = [
     ("val_loss <", "cannot parse"),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.spec import DataSpec, TokenizerSpec
-from trainers.corpora import BUILTIN_CORPORA, builtin_text
-from trainers.data import (
+from orchestrator.spec.schema import DataSpec, TokenizerSpec
+from trainers.lm.corpora import BUILTIN_CORPORA, builtin_text
+from trainers.lm.data import (
     BlockSampler,
     _token_dtype,
     epochs_to_steps,
@@ -84,8 +84,8 @@ def test_builtin_corpus_is_learned_within_60_cpu_steps(
 
     Measured: grammar 3.27 -> 1.88, arith 2.66 -> 2.03.
     """
-    from trainers.diagnostics import estimate_loss
-    from trainers.models import build_model
+    from trainers.lm.diagnostics import estimate_loss
+    from trainers.lm.models import build_model
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -255,7 +255,7 @@ def test_sampler_resumes_after_batch_halving_at_the_same_token_position() -> Non
     """An OOM retry halves batch_size and doubles grad_accum: resume continues, it does not fail."""
     import numpy as np
 
-    from trainers.data import BlockSampler
+    from trainers.lm.data import BlockSampler
 
     tokens = np.arange(10_000, dtype=np.uint16)
     big = BlockSampler(tokens, block_size=16, batch_size=8, seed=3)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.diagnose import classify, diagnose_run, ensure_diagnosed, read_tail, redact
-from orchestrator.runs import ResultsRoot
-from orchestrator.spec import FAILURE_CLASSES
+from orchestrator.checks.diagnose import classify, diagnose_run, ensure_diagnosed, read_tail, redact
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.spec.schema import FAILURE_CLASSES
 
 
 def tb(*frames: str, exc: str) -> list[str]:

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.spec import ModelSpec
-from trainers.data import iter_eval_batches
-from trainers.diagnostics import (
+from orchestrator.spec.schema import ModelSpec
+from trainers.lm.data import iter_eval_batches
+from trainers.lm.diagnostics import (
     effective_rank,
     effective_rank_stats,
     estimate_loss,
@@ -19,8 +19,8 @@ from trainers.diagnostics import (
     prediction_diversity,
     top_predictions,
 )
-from trainers.models import build_model
-from trainers.tokenization import CharTokenizer
+from trainers.lm.models import build_model
+from trainers.lm.tokenization import CharTokenizer
 
 V = 20
 VAL = np.random.default_rng(0).integers(0, V, 5000).astype(np.uint16)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec import ModelSpec
-from trainers.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
-from trainers.models import build_model
-from trainers.tokenization import CharTokenizer
+from orchestrator.spec.schema import ModelSpec
+from trainers.framework.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
+from trainers.lm.models import build_model
+from trainers.lm.tokenization import CharTokenizer
 
 TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")
 
@@ -58,7 +58,7 @@ def test_gpt2_generates_past_its_window_by_cropping_the_context():
 
 def _save_run(run_dir: Path) -> dict[int, torch.nn.Module]:
     """A run folder with checkpoints at steps 10 and 20 (and best = step 10), written by the trainer's manager."""
-    from trainers.checkpoint import CheckpointManager
+    from trainers.framework.checkpoint import CheckpointManager
 
     TOK.save(run_dir / "tokenizer")
     manager = CheckpointManager(run_dir / "ckpt", keep_last=3, tokenizer_dir=run_dir / "tokenizer")

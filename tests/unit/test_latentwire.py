@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from orchestrator.errors import UserError
-from orchestrator.runs import ResultsRoot
-from orchestrator.spec import deep_merge, load_spec, spec_class_for, spec_to_yaml
-from orchestrator.spec_latentwire import LatentWireModelSpec, LatentWireSpec
+from orchestrator.record.tree import ResultsRoot
+from orchestrator.spec.schema import deep_merge, load_spec, spec_class_for, spec_to_yaml
+from trainers.latentwire.config import LatentWireModelSpec, LatentWireSpec
 
 WORDS = ("river castle duke army bishop harbor council treaty valley merchant knight village tower "
          "monastery battle crown island forest bridge market").split()
@@ -65,8 +65,8 @@ def base_spec(data_path: Path, **over: Any) -> dict[str, Any]:
 
 
 def make_trainer(tmp_path: Path, **over: Any) -> Any:
-    from trainers.base import TrainerContext
-    from trainers.latentwire import LatentWireTrainer
+    from trainers.framework.base import TrainerContext
+    from trainers.latentwire.trainer import LatentWireTrainer
 
     spec = LatentWireSpec.model_validate(base_spec(squad_file(tmp_path / "squad.json"), **over))
     run = ResultsRoot(tmp_path / "results").create_run(spec.name, {"backend": "local"})
@@ -133,7 +133,7 @@ def test_diagnostics_and_collapse_alarm(trainer: Any) -> None:
 
 # ----------------------------------------------------------------------------- evaluation contracts
 def test_embeddings_mode_equals_text_mode_at_temperature_zero(trainer: Any) -> None:
-    from trainers.latentwire_eval import ModeRunner
+    from trainers.latentwire.evaluation import ModeRunner
 
     runner = ModeRunner(trainer.decoder, trainer.ctx.unwrap(trainer.model), trainer.tokenizer, trainer.pieces,
                         trainer.spec.model.latent_len, trainer.spec.eval, trainer.ctx.device,
@@ -168,7 +168,7 @@ def test_evaluate_reports_every_mode(trainer: Any) -> None:
 
 
 def test_data_split_is_by_paragraph_and_deterministic(tmp_path: Path) -> None:
-    from trainers.latentwire_data import load_squad
+    from trainers.latentwire.data import load_squad
 
     spec = LatentWireSpec.model_validate(base_spec(squad_file(tmp_path / "s.json")))
     train, ev = load_squad(spec.data, 3)

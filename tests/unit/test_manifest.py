@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.manifest import (MANIFEST_NAME, copy_hashed, hash_file, parse_manifest, render_manifest,
+from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, hash_file, parse_manifest, render_manifest,
                                    verify_bundle)
 
 

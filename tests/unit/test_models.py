@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec import ModelSpec
-from trainers.models import (
+from orchestrator.spec.schema import ModelSpec
+from trainers.lm.models import (
     build_model,
     flops_per_token,
     param_counts,

@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from orchestrator.atomicio import read_jsonl
-from orchestrator.monitor import Monitor
-from orchestrator.runs import ResultsRoot, Run, now_iso
-from orchestrator.spec import Spec, spec_to_yaml
+from orchestrator.record.atomicio import read_jsonl
+from orchestrator.monitor.monitor import Monitor
+from orchestrator.record.tree import ResultsRoot, Run, now_iso
+from orchestrator.spec.schema import Spec, spec_to_yaml
 
 TB = 'Traceback (most recent call last):\n  File "/x/model.py", line 3, in f\n    g()\nKeyError: \'x\'\n'
 
@@ -58,7 +58,7 @@ def test_old_failures_are_not_retried_automatically(tmp_path: Path) -> None:
 
 
 def test_overlapping_pass_exits_quietly(tmp_path: Path) -> None:
-    from orchestrator.atomicio import file_lock
+    from orchestrator.record.atomicio import file_lock
 
     failed_run(tmp_path)
     with file_lock(tmp_path / ".monitor.lock"):

@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-from orchestrator.ckptselect import select
-from orchestrator.preserve import is_secret_file, redact
+from orchestrator.preserve.ckptselect import select
+from orchestrator.preserve.bundle import is_secret_file, redact
 
 
 def _ck(root: Path, name: str, complete: bool = True) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.atomicio import append_jsonl, atomic_write_json, read_json, read_jsonl, tail_jsonl
+from orchestrator.record.atomicio import append_jsonl, atomic_write_json, read_json, read_jsonl, tail_jsonl
 from orchestrator.errors import RunNotFound, UserError
-from orchestrator.paths import RunPaths, check_name
-from orchestrator.provenance import safe_env
-from orchestrator.runs import ResultsRoot
+from orchestrator.record.paths import RunPaths, check_name
+from orchestrator.lifecycle.provenance import safe_env
+from orchestrator.record.tree import ResultsRoot
 
 
 def test_tail_reads_last_records_and_skips_truncated_line(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_atomic_write_leaves_old_or_new_never_partial(tmp_path: Path) -> None:
     atomic_write_json(p, {"v": 1})
     # A writer killed between temp-file write and rename leaves the old file intact.
     code = ("import os, sys; sys.path.insert(0, %r)\n"
-            "from orchestrator import atomicio\n"
+            "from orchestrator.record import atomicio\n"
             "os.replace = lambda *a: os._exit(9)\n"
             "atomicio.atomic_write_json(%r, {'v': 2})\n") % (str(Path(__file__).parents[2]), str(p))
     res = subprocess.run([sys.executable, "-c", code])
@@ -99,7 +99,7 @@ def test_run_ids_are_readable_unique_and_resolvable(tmp_path: Path) -> None:
 def test_run_update_is_serialized_across_processes(tmp_path: Path) -> None:
     run = ResultsRoot(tmp_path).create_run("exp", {"counter": 0})
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from orchestrator.runs import Run\nfrom orchestrator.paths import RunPaths\nfrom pathlib import Path\n"
+            "from orchestrator.record.tree import Run\nfrom orchestrator.record.paths import RunPaths\nfrom pathlib import Path\n"
             "r = Run(RunPaths(Path(%r)))\n"
             "for _ in range(50): r.update(lambda rec: rec.__setitem__('counter', rec['counter'] + 1))\n"
             ) % (str(Path(__file__).parents[2]), str(run.paths.root))

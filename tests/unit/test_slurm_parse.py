@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm import dependency_option, parse_sbatch
-from orchestrator.backends.slurm_cli import SlurmCommandError
-from orchestrator.backends.slurm_parse import (
+from orchestrator.backends.slurm.submit import dependency_option, parse_sbatch
+from orchestrator.backends.slurm.cli import SlurmCommandError
+from orchestrator.backends.slurm.parse import (
     ClusterConfig, expand_array_id, map_state, merge_statuses, parse_exit_code, parse_sacct, parse_squeue,
 )
-from orchestrator.states import State
+from orchestrator.record.states import State
 
 GOLDEN = Path(__file__).parent / "golden" / "slurm"
 

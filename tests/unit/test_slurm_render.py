@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.slurm_render import render_array, render_job
-from orchestrator.cluster_profile import ClusterProfile, load_profile
+from orchestrator.backends.slurm.render import render_array, render_job
+from orchestrator.spec.profile import ClusterProfile, load_profile
 from orchestrator.errors import SpecError, SpecErrors, UserError
-from orchestrator.spec import Spec
+from orchestrator.spec.schema import Spec
 
 GOLDEN = Path(__file__).parent / "golden"
 PROFILE = ClusterProfile(python="/opt/venv/bin/python", partition="gpu", account="lab",

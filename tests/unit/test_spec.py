@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError, SpecErrors, UserError
-from orchestrator.spec import format_slurm_time, load_spec, parse_duration, parse_mem
+from orchestrator.spec.schema import format_slurm_time, load_spec, parse_duration, parse_mem
 
 BASE = """\
 name: demo

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainers.squad_metrics import exact_match, f1, gold_answers, normalize_answer, score, squad_scores
+from trainers.latentwire.squad_metrics import exact_match, f1, gold_answers, normalize_answer, score, squad_scores
 
 
 def test_normalization_lowercases_strips_punctuation_articles_and_whitespace() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import TokenizerSpec
-from trainers.tokenization import CharTokenizer, build_tokenizer, load_tokenizer
+from orchestrator.spec.schema import TokenizerSpec
+from trainers.lm.tokenization import CharTokenizer, build_tokenizer, load_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40

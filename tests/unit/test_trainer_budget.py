@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec import TrainSpec
-from trainers.base import Budget, TrainClock
+from orchestrator.spec.schema import TrainSpec
+from trainers.framework.base import Budget, TrainClock
 
 
 def test_first_budget_wins() -> None:

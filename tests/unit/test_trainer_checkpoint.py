@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.checkpoint import (CheckpointManager, find_checkpoint, list_checkpoints, load_model_weights, rng_state,
+from trainers.framework.checkpoint import (CheckpointManager, find_checkpoint, list_checkpoints, load_model_weights, rng_state,
                                  set_rng_state, verify)
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from trainers.early_stopping import EarlyStopping
+from trainers.framework.early_stopping import EarlyStopping
 
 
 def test_stops_after_patience_without_improvement() -> None:

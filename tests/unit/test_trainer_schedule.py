@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from orchestrator.spec import TrainSpec
-from trainers.lm import build_optimizer, build_scheduler, lr_at, warmup_steps
+from orchestrator.spec.schema import TrainSpec
+from trainers.lm.trainer import build_optimizer, build_scheduler, lr_at, warmup_steps
 
 
 def test_cosine_matches_nanogpt() -> None:

@@ -27,4 +27,4 @@ export ORCH_RESULTS_ROOT=/results
 # forwards Slurm's warning signal to the trainer, and requeues the job when the trainer
 # exits 75 (checkpointed) while the retry budget allows. `exec` keeps it the batch shell,
 # which is what `--signal=B:...` signals.
-exec /opt/venv/bin/python -m orchestrator.jobwrap --backend slurm /results/demo/demo-20260101-000000-abcd
+exec /opt/venv/bin/python -m orchestrator.job --backend slurm /results/demo/demo-20260101-000000-abcd

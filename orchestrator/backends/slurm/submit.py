@@ -1,0 +1,323 @@
+"""The SLURM backend: sbatch job scripts, job arrays for sweeps, batched status, scancel.
+
+Submission: one run -> one `sbatch --parsable`; a sweep -> one job array per MaxArraySize
+chunk, throttled with `%max_parallel` (chunks chained with afterany so the throttle holds
+across them). Each run's attempt and job id are recorded as soon as its sbatch returns, so a
+failure part way leaves every submitted run on record (and the rest marked FAILED with the
+reason) before the error is raised.
+
+Status: one `squeue` (plus one `sacct` when accounting exists and squeue no longer knows a
+job) per refresh, through a cache file shared by all orch processes of the user, so no
+more than one query per `query_interval` reaches slurmctld however many `orch status`
+loops run. The run folder's own markers (written by the job wrapper) cover the rest.
+
+Requeue: the job wrapper calls `requeue_current_job()` when the trainer exits 75 within
+the retry budget; `scontrol requeue` puts the same job id (array task `<job>_<task>`) back
+in the queue and the next start is a new attempt in run.json (SLURM_RESTART_COUNT).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from orchestrator.record.atomicio import atomic_write_text
+from orchestrator.record.attempts import abandon_attempt, open_attempt
+from orchestrator.spec.profile import ClusterProfile, load_profile
+from orchestrator.errors import OrchError
+from orchestrator.record.tree import Run, now_iso
+from orchestrator.record.states import State
+from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
+from orchestrator.backends.slurm.cli import SharedCache, SlurmCLI, SlurmCommandError, prune_jobs
+from orchestrator.backends.slurm.parse import (
+    SACCT_FORMAT, SQUEUE_FORMAT, ClusterConfig, base_job_id, merge_statuses, parse_sacct, parse_squeue,
+)
+from orchestrator.backends.slurm.render import render_array, render_job
+
+T = TypeVar("T")
+R = TypeVar("R")
+CONFIG_TTL = 600.0  # seconds a cached `scontrol show config` stays valid
+JOB_CACHE_KEEP = 3600.0  # seconds cached job answers are kept in the shared file
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def __init__(self, profile: Optional[ClusterProfile] = None, cli: Optional[SlurmCLI] = None) -> None:
+        self.profile = profile if profile is not None else load_profile()
+        self.cli = cli or SlurmCLI()
+        self.cache = SharedCache(Path(self.profile.cache_dir) if self.profile.cache_dir else None)
+        self._config: Optional[ClusterConfig] = None
+
+    # -- cluster facts ----------------------------------------------------------------------
+    def config(self) -> ClusterConfig:
+        """MaxArraySize and accounting, from `scontrol show config`, cached for CONFIG_TTL and
+        invalidated when the local slurm.conf changes."""
+        if self._config is not None:
+            return self._config
+        conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+        try:
+            mtime = conf.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        with self.cache.locked() as data:
+            cached = data.get("config") or {}
+            if cached and time.time() - cached.get("at", 0) < CONFIG_TTL and cached.get("mtime") == mtime:
+                cfg = ClusterConfig(**cached["values"])
+            else:
+                out = self.cli.run(["scontrol", "show", "config"]).stdout
+                cfg = ClusterConfig.from_show_config(out)
+                data["config"] = {"at": time.time(), "mtime": mtime, "values": cfg.__dict__}
+        if self.profile.max_array_size:
+            cfg = ClusterConfig(**{**cfg.__dict__, "max_array_size": self.profile.max_array_size})
+        self._config = cfg
+        return cfg
+
+    # -- rendering --------------------------------------------------------------------------
+    def render(self, item: SubmitItem, group: SubmitGroup) -> str:
+        paths = item.run.paths
+        run_dir = paths.root.resolve()
+        return render_job(
+            item.spec, self.profile, run_id=item.run.run_id, run_dir=run_dir,
+            results_root=run_dir.parent.parent, workdir=Path.cwd(),
+            dependency=dependency_option(group.after_job_ids),
+        )
+
+    # -- submission -------------------------------------------------------------------------
+    def submit(self, group: SubmitGroup) -> list[str]:
+        scripts = []
+        for item in group.items:
+            script = self.render(item, group)
+            atomic_write_text(item.run.paths.job_script, script, fsync=False)
+            item.run.paths.logs.mkdir(parents=True, exist_ok=True)
+            scripts.append(script)
+        dependency = dependency_option(group.after_job_ids)
+        if len(group.items) == 1 and not group.items[0].run.record.get("sweep_id"):
+            return self._submit_one(group.items[0])
+        return self._submit_arrays(group, dependency)
+
+    def _submit_one(self, item: SubmitItem) -> list[str]:
+        try:
+            out = self.cli.run(["sbatch", "--parsable", str(item.run.paths.job_script.resolve())]).stdout
+            job_id = parse_sbatch(out)
+        except OrchError as exc:
+            record_unsubmitted(item.run, self.name, exc.message)
+            raise
+        record_submitted(item.run, self.name, job_id)
+        return [job_id]
+
+    def _submit_arrays(self, group: SubmitGroup, dependency: Optional[str]) -> list[str]:
+        """One array per MaxArraySize chunk; runs with different resources get their own arrays."""
+        chunk = max(1, self.config().max_array_size)
+        batches: list[list[SubmitItem]] = []
+        for item in group.items:  # consecutive runs with identical resources share an array
+            if batches and batches[-1][0].spec.resources == item.spec.resources and len(batches[-1]) < chunk:
+                batches[-1].append(item)
+            else:
+                batches.append([item])
+        ids: list[str] = []
+        previous: Optional[str] = None
+        for k, batch in enumerate(batches):
+            deps = [d for d in (dependency, f"afterany:{previous}" if previous and group.max_parallel else None) if d]
+            try:
+                array_id = self._submit_array(group, batch, k, ",".join(deps) or None)
+            except OrchError as exc:
+                self._abandon_rest(batches[k + 1:], exc)
+                exc.message = f"submitted {len(ids)} of {len(group.items)} runs, then: {exc.message}"
+                raise
+            ids.extend(f"{array_id}_{i}" for i in range(len(batch)))
+            previous = array_id
+        return ids
+
+    def _submit_array(self, group: SubmitGroup, batch: list[SubmitItem], k: int, dependency: Optional[str]) -> str:
+        root = batch[0].run.paths.root.resolve().parent / ".arrays"
+        root.mkdir(parents=True, exist_ok=True)
+        label = f"{group.group_id or batch[0].run.run_id}-{k}"
+        throttle = f"%{group.max_parallel}" if group.max_parallel else ""
+        script = render_array(
+            batch[0].spec, self.profile, run_dirs=[i.run.paths.root.resolve() for i in batch],
+            array=f"0-{len(batch) - 1}{throttle}", output=str(root / f"{label}-%a.log"),
+            label=f"sweep {label}", dependency=dependency,
+        )
+        path = root / f"{label}.sh"
+        atomic_write_text(path, script, fsync=False)
+        try:
+            array_id = parse_sbatch(self.cli.run(["sbatch", "--parsable", str(path)]).stdout)
+        except OrchError as exc:
+            why = exc.message
+            parallel(lambda item: record_unsubmitted(item.run, self.name, why), batch)
+            raise
+        parallel(lambda pair: record_submitted(pair[1].run, self.name, f"{array_id}_{pair[0]}"), list(enumerate(batch)))
+        return array_id
+
+    def _abandon_rest(self, batches: list[list[SubmitItem]], exc: OrchError) -> None:
+        rest = [item for batch in batches for item in batch]
+        parallel(lambda item: record_unsubmitted(item.run, self.name, f"not submitted: {exc.message}"), rest)
+
+    # -- status -----------------------------------------------------------------------------
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """Statuses for many jobs: cached answers younger than query_interval, else one squeue
+        (+ one sacct) for all the rest, under the shared cache's lock."""
+        ids = list(dict.fromkeys(j for j in job_ids if j))
+        if not ids:
+            return {}
+        accounting = self.config().accounting
+        interval = self.profile.query_interval
+        with self.cache.locked() as data:
+            jobs: dict[str, Any] = data.setdefault("jobs", {})
+            now = time.time()
+            stale = sorted({base_job_id(j) for j in ids
+                            if now - float((jobs.get(base_job_id(j)) or {}).get("at", 0)) >= interval}, key=_num)
+            if stale:
+                fresh = self._query(stale, [j for j in ids if base_job_id(j) in set(stale)], accounting)
+                for base in stale:
+                    jobs[base] = {"at": now, "tasks": {}}
+                for jid, st in fresh.items():
+                    jobs.setdefault(base_job_id(jid), {"at": now, "tasks": {}})["tasks"][jid] = _dump(st)
+                prune_jobs(jobs, now, max(JOB_CACHE_KEEP, interval))
+            out = {}
+            for jid in ids:
+                raw = (jobs.get(base_job_id(jid)) or {}).get("tasks", {}).get(jid)
+                out[jid] = _load(jid, raw)
+        return out
+
+    def _query(self, bases: list[str], wanted: list[str], accounting: bool) -> dict[str, JobStatus]:
+        proc = self.cli.run(["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT, "-j", ",".join(bases)],
+                            ok_errors=("Invalid job id specified",))
+        live = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
+        accounted: dict[str, JobStatus] = {}
+        need = [j for j in wanted if j not in live or (live[j].state is not None and live[j].state.terminal)]
+        if accounting and need:
+            try:
+                out = self.cli.run(["sacct", "-X", "-n", "--parsable2", "-o", SACCT_FORMAT,
+                                    "-j", ",".join(sorted({base_job_id(j) for j in need}, key=_num))]).stdout
+                accounted = parse_sacct(out)
+            except (SlurmCommandError, OrchError):
+                accounted = {}  # slurmdbd down: squeue + the run folder's markers still answer
+        return merge_statuses(live, accounted, sorted(set(live) | set(accounted) | set(wanted), key=_task_key))
+
+    # -- cancel -----------------------------------------------------------------------------
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """scancel: Slurm sends SIGTERM (CONT first), then SIGKILL after KillWait, as local does."""
+        ids = [j for j in dict.fromkeys(job_ids) if j]
+        if ids:
+            # a job that ended meanwhile is not an error: it is as cancelled as it will get
+            self.cli.run(["scancel", *ids], ok_errors=("already completing or completed", "Invalid job id specified"))
+            with self.cache.locked() as data:  # the next poll must ask again
+                for jid in ids:
+                    (data.get("jobs") or {}).pop(base_job_id(jid), None)
+
+
+def record_submitted(run: Run, backend: str, job_id: str) -> None:
+    """Record the attempt a job id starts, in one run.json update, whoever gets there first.
+
+    One write per run after sbatch (a 1,000-run sweep pays 1,000 updates, not 2,000). A job
+    can start before this write lands; the job wrapper then has already opened the attempt
+    with the same job id (from SLURM_* variables), and this only adds when it was submitted.
+    """
+    now = now_iso()
+
+    def mutate(rec: dict[str, Any]) -> None:
+        attempts = rec.setdefault("attempts", [])
+        last = attempts[-1] if attempts else None
+        rec["backend"] = backend
+        if last is not None and last.get("job_id") == job_id:
+            last.setdefault("submitted_at", now)  # the job started first
+            return
+        attempts.append({"n": len(attempts) + 1, "backend": backend, "job_id": job_id, "submitted_at": now,
+                         "reason": "submit" if not attempts else "resubmit"})
+        rec["state"] = str(State.QUEUED)
+        for key in ("exit_code", "failure", "ended_at", "pending_reason"):
+            rec.pop(key, None)
+
+    run.update(mutate)
+
+
+def record_unsubmitted(run: Run, backend: str, error: str) -> None:
+    """A run whose sbatch failed (or never happened): FAILED with the reason, no job id."""
+    n = open_attempt(run, backend)
+    abandon_attempt(run, n, error)
+
+
+def parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[fn(x) for x in items]` on a few threads: each run.json update waits on an fsync, and a
+    1,000-run sweep would otherwise spend seconds doing them one after another."""
+    if len(items) < 8:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(fn, items))
+
+
+def dependency_option(after_job_ids: Sequence[str]) -> Optional[str]:
+    """`afterok:<ids>`; several tasks of one array collapse to the array id (= all its tasks)."""
+    if not after_job_ids:
+        return None
+    per_base: dict[str, list[str]] = {}
+    for jid in after_job_ids:
+        per_base.setdefault(base_job_id(jid), []).append(jid)
+    parts = [base if len(tasks) > 1 else tasks[0] for base, tasks in per_base.items()]
+    return "afterok:" + ":".join(parts)
+
+
+def parse_sbatch(out: str) -> str:
+    """`sbatch --parsable` prints `<id>` or `<id>;<cluster>`."""
+    text = out.strip().splitlines()[-1] if out.strip() else ""
+    job_id = text.split(";", 1)[0].strip()
+    if not job_id.isdigit():
+        raise SlurmCommandError(f"sbatch printed no job id: {out!r}")
+    return job_id
+
+
+def requeue_current_job() -> bool:
+    """Called by the job wrapper inside a job: put this job back in the queue.
+
+    Uses the `<array job>_<task>` form inside arrays (the array's own SLURM_JOB_ID would
+    requeue a different task's record). Returns False (and says why on stderr) when Slurm
+    refuses, so the wrapper records the attempt as ended instead of requeued.
+    """
+    job_id = current_job_id()
+    if not job_id:
+        print("orch: not inside a Slurm job (no SLURM_JOB_ID); cannot requeue", file=sys.stderr)
+        return False
+    try:
+        SlurmCLI().run(["scontrol", "requeue", job_id], timeout=30)
+    except OrchError as exc:
+        print(f"orch: scontrol requeue {job_id} failed: {exc.message}", file=sys.stderr)
+        return False
+    return True
+
+
+def current_job_id() -> Optional[str]:
+    """This job's id as Slurm's commands want it: `<array job>_<task>` in arrays, else the job id.
+
+    submitit's SlurmJobEnvironment reads the SLURM_* variables (array ids, node list, ranks)
+    the way Slurm documents them; it earns its place here, inside the job.
+    """
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    return SlurmJobEnvironment().job_id
+
+
+def _num(job_id: str) -> tuple[int, str]:
+    return (int(job_id) if job_id.isdigit() else 0, job_id)
+
+
+def _task_key(job_id: str) -> tuple[int, int, str]:
+    base, _, task = job_id.partition("_")
+    return (int(base) if base.isdigit() else 0, int(task) if task.isdigit() else -1, job_id)
+
+
+def _dump(st: JobStatus) -> list[Any]:
+    return [str(st.state) if st.state else None, st.raw_state, st.reason, st.exit_code, st.signal, st.node]
+
+
+def _load(job_id: str, raw: Optional[list[Any]]) -> JobStatus:
+    if not raw:
+        return JobStatus(job_id, None, "", None)
+    state, raw_state, reason, code, sig, node = raw
+    return JobStatus(job_id, State(state) if state else None, raw_state or "", reason, code, sig, node)

@@ -1,0 +1,169 @@
+"""Turning resolved specs into run folders and backend submissions.
+
+`plan()` makes the run folders (spec.yaml, run.json, provenance) for one or several spec files,
+resolving `after:` against runs of the same submission first, then the results tree;
+`submit_plan()` hands each group (a sweep = one group) to its backend. `resubmit()` starts a
+new attempt of an existing run from its own folder (resume, and monitor's retries).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from orchestrator.record.attempts import current_job_id
+from orchestrator.backends import SubmitGroup, SubmitItem, get_backend
+from orchestrator.errors import UserError
+from orchestrator.record.paths import RunPaths
+from orchestrator.lifecycle.provenance import collect
+from orchestrator.record.tree import ResultsRoot, Run, new_run_id
+from orchestrator.spec.schema import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
+from orchestrator.record.states import State
+
+
+@dataclass
+class PlannedGroup:
+    backend: str
+    group: SubmitGroup
+    source: Optional[Path]
+    deps: list[Run] = field(default_factory=list)
+
+
+PATH_KEYS = (("data", "path"), ("tokenizer", "name_or_path"), ("model", "init_from"), ("model", "decoder"),
+             ("resources", "template"))
+
+
+def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str]) -> Spec:
+    """Make local paths absolute, since the job may run elsewhere.
+
+    A path written in the spec file is relative to that file; one given with `--set` is relative to
+    the current directory, as any command-line path is. Hub ids (no such local path) are left alone.
+    """
+    updates: dict[str, Any] = {}
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(spec, section), key, None)
+        if not value or Path(value).is_absolute():
+            continue
+        base = Path.cwd() if f"{section}.{key}" in overridden else spec_dir
+        candidate = (base / value).resolve()
+        if key == "path" or candidate.exists():  # data.path is always local; the others may be hub ids
+            current = updates.get(section, getattr(spec, section))
+            updates[section] = current.model_copy(update={key: str(candidate)})
+    if not Path(spec.preserve.dest).is_absolute():  # an output folder: relative to where you submit, like results/
+        updates["preserve"] = spec.preserve.model_copy(update={"dest": str((Path.cwd() / spec.preserve.dest).resolve())})
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def _resolve_after(refs: list[str], root: ResultsRoot, made: dict[str, list[Run]]) -> list[Run]:
+    deps: list[Run] = []
+    for ref in refs:
+        if ref in made:  # a spec earlier in this same submission
+            deps.extend(made[ref])
+            continue
+        same_name = sorted((r for r in root.iter_runs() if r.name == ref), key=lambda r: r.run_id)
+        if same_name:
+            latest = same_name[-1]
+            sweep = latest.record.get("sweep_id")
+            deps.extend([r for r in same_name if sweep and r.record.get("sweep_id") == sweep] or [latest])
+            continue
+        deps.append(root.resolve(ref))
+    return deps
+
+
+def plan(
+    spec_files: list[Path],
+    root: ResultsRoot,
+    overrides: list[str],
+    backend: Optional[str],
+    *,
+    dry_run: bool,
+    argv: list[str],
+) -> list[PlannedGroup]:
+    """Validate every spec first (nothing is created if any is bad), then make run folders."""
+    loaded = [(f, load_spec(f, overrides, backend)) for f in spec_files]
+    overridden = {item.partition("=")[0].strip() for item in overrides}
+    groups: list[PlannedGroup] = []
+    made: dict[str, list[Run]] = {}
+    provenance_cache: dict[Path, tuple[dict[str, Any], str]] = {}
+    yaml_cache: dict[str, str] = {}
+    for file, resolved in loaded:
+        base = file.resolve().parent
+        first = resolved[0].spec
+        sweep = resolved[0].sweep
+        is_sweep = sweep is not None
+        stamp = time.time()
+        sweep_id = f"{first.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{secrets.token_hex(2)}" if is_sweep else None
+        deps = _resolve_after(first.after, root, made) if first.after else []
+        if not dry_run and file not in provenance_cache:
+            provenance_cache[file] = collect(file, argv)
+        items: list[SubmitItem] = []
+        for r in resolved:
+            spec = _absolutize(r.spec, base, overridden)
+            if spec.data.path and not Path(spec.data.path).exists():
+                raise UserError(f"{file}: data.path: {spec.data.path} does not exist",
+                                hint="a path in the spec is relative to the spec file; one given with --set, to the current directory")
+            record = {
+                "spec_file": str(file.resolve()),
+                "sweep_id": sweep_id,
+                "sweep_index": r.sweep_index,
+                "sweep_point": r.sweep_point or None,
+                "total_steps": spec.train.max_steps,
+                "stall_after": parse_duration(spec.monitor.stall_after),
+                "trainer": spec.trainer,
+                "after": [{"run_id": d.run_id, "run_dir": str(d.paths.root.resolve())} for d in deps],
+            }
+            if dry_run:
+                run = Run(root.run_paths(spec.name, new_run_id(spec.name, stamp)), {**record, "state": "PENDING"})
+            else:
+                prov, patch = provenance_cache[file]
+                layout = RunPaths.FAST
+                files = {layout["spec"]: spec_to_yaml(spec, yaml_cache),
+                         layout["provenance"]: json.dumps(prov, indent=2, default=str) + "\n"}
+                if patch:
+                    files[layout["git_patch"]] = patch
+                run = root.create_run(spec.name, record, files=files)
+            items.append(SubmitItem(run, spec))
+        made.setdefault(first.name, []).extend(i.run for i in items)
+        limit = sweep.max_parallel if sweep else None
+        group = SubmitGroup(items, max_parallel=limit, group_id=sweep_id or items[0].run.run_id)
+        groups.append(PlannedGroup(first.backend, group, file, deps))
+    return groups
+
+
+def submit_plan(groups: list[PlannedGroup]) -> list[tuple[SubmitItem, str]]:
+    """Submit each group; a dependency's job ids become afterok dependencies."""
+    done: list[tuple[SubmitItem, str]] = []
+    for pg in groups:
+        backend = get_backend(pg.backend)
+        pg.group.after_job_ids = [j for j in (current_job_id(d.reload()) for d in pg.deps) if j]
+        ids = backend.submit(pg.group)
+        done.extend(zip(pg.group.items, ids))
+    return done
+
+
+def resubmit(run: Run, reason: str = "resume", backend: Optional[str] = None) -> str:
+    """A new attempt of an existing run, from its folder alone; the trainer resumes from its checkpoint."""
+    rec = run.reload()
+    state = State(rec.get("state", "PENDING"))
+    spec = spec_from_run(run.paths.spec)
+    name = backend or rec.get("backend") or spec.backend
+    if run.paths.cancel_request.exists():
+        run.paths.cancel_request.unlink()
+    item = SubmitItem(run, spec)
+    group = SubmitGroup([item], group_id=run.run_id)
+    ids = get_backend(name).submit(group)
+    run.update(lambda r: r.setdefault("resumes", []).append({"from_state": str(state), "reason": reason}))
+    return ids[0]
+
+
+def ensure_stopped(run: Run, state: State) -> None:
+    if state == State.COMPLETED:
+        raise UserError(f"run {run.run_id} already COMPLETED",
+                        hint="to train further, submit again with a larger budget (e.g. --set train.max_steps=...)")
+    if state.active:
+        raise UserError(f"run {run.run_id} is {state}: only stopped runs can be resumed",
+                        hint=f"`orch cancel {run.run_id}` first, or wait for it to end")
+

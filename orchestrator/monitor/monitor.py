@@ -1,0 +1,344 @@
+"""One monitoring pass over a results tree, safe to start from cron every few minutes.
+
+Why: overnight runs fail, stall or get preempted while nobody watches. A pass refreshes every
+active run (one batched poll per backend, via `status.refresh`), marks STALLED runs, diagnoses
+runs that ended badly, applies the spec's `retry:` policy (a new attempt that resumes from the
+newest checkpoint, with exponential back-off, optionally halving the batch after an OOM), runs
+checks on finished runs, preserves them when `preserve.auto` is on, and reports what changed.
+
+Safety: the pass holds `results/.monitor.lock` (non-blocking: an overlapping cron invocation
+exits quietly), and each run is handled under its own `.monitor.lock` with a marker in run.json
+naming the attempt already handled, so a pass is idempotent and a failed attempt is retried at
+most once. Every action is appended to `results/events.jsonl`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from orchestrator.record.atomicio import append_jsonl, atomic_write_text, file_lock
+from orchestrator.record.attempts import current_attempt, current_job_id
+from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure, redact
+from orchestrator.errors import OrchError, UserError
+from orchestrator.record.tree import ResultsRoot, Run, now_iso
+from orchestrator.record.states import State
+
+LOCK_NAME = ".monitor.lock"
+RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
+_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs
+EVENTS_NAME = "events.jsonl"
+RUN_LOCK_NAME = ".monitor.lock"
+RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
+_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs  # inside each run folder
+
+
+@dataclass
+class PassResult:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    active: int = 0
+    skipped: bool = False  # another monitor held the lock
+
+
+class Monitor:
+    """One results root; `run_pass()` does one idempotent pass."""
+
+    def __init__(self, root: Path | str, *, now: Callable[[], float] = time.time,
+                 log: Callable[[str], None] = lambda s: None) -> None:
+        self.root = ResultsRoot(root)
+        self.now = now
+        self.log = log
+        self._specs: dict[str, Any] = {}
+        self._runs: list[Run] = []
+        self.events: list[dict[str, Any]] = []
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def emit(self, kind: str, run: Optional[Run] = None, **fields: Any) -> dict[str, Any]:
+        ev: dict[str, Any] = {"time": now_iso(), "ts": round(self.now(), 3), "event": kind}
+        if run is not None:
+            ev.update(run_id=run.run_id, name=run.name, run_dir=str(run.paths.root))
+        for k, v in fields.items():
+            if v is None:
+                continue
+            ev[k] = redact(v) if isinstance(v, str) else ([redact(x) if isinstance(x, str) else x for x in v]
+                                                          if isinstance(v, list) else v)
+        append_jsonl(self.root.root / EVENTS_NAME, ev)
+        self.events.append(ev)
+        return ev
+
+    def spec(self, run: Run) -> Any:
+        """The run's resolved spec (cached), or None when spec.yaml cannot be read."""
+        if run.run_id not in self._specs:
+            from orchestrator.spec.schema import spec_from_run
+
+            try:
+                self._specs[run.run_id] = spec_from_run(run.paths.spec)
+            except (OrchError, OSError, ValueError) as exc:
+                self.log(f"{run.run_id}: spec.yaml unreadable: {exc}")
+                self._specs[run.run_id] = None
+        return self._specs[run.run_id]
+
+    def monitor_spec(self, run_id: Optional[str]) -> Any:
+        for run in self._runs:
+            if run.run_id == run_id:
+                spec = self.spec(run)
+                return spec.monitor if spec is not None else None
+        return None
+
+    # -- the pass ------------------------------------------------------------------------
+    def run_pass(self) -> PassResult:
+        if not self.root.root.is_dir():
+            raise UserError(f"results root {self.root.root} does not exist",
+                            hint="pass --results DIR (or set ORCH_RESULTS)")
+        with file_lock(self.root.root / LOCK_NAME, blocking=False) as got:
+            if not got:
+                return PassResult(skipped=True)
+            self.events = []
+            self._runs = list(self.root.iter_runs())
+            active = self.refresh_active([r for r in self._runs if r.state.active])
+            for run in self._runs:
+                run.reload()
+                if run.state.terminal:
+                    self.handle_ended(run)
+            from orchestrator.monitor.alerts import dispatch_all
+
+            for ev in dispatch_all(list(self.events), self.monitor_spec):
+                self.emit(ev.pop("event"), None, **ev)
+            return PassResult(self.events, active)
+
+    # -- active runs ---------------------------------------------------------------------
+    def refresh_active(self, runs: list[Run]) -> int:
+        """Poll, persist discovered states (STALLED, vanished), apply the stall policy; active count."""
+        if not runs:
+            return 0
+        from orchestrator.lifecycle.refresh import persist, refresh
+
+        views = refresh(runs, now=self.now())
+        for view in views:
+            run = view.run
+            before = run.state
+            if view.reason and view.reason.startswith("backend unavailable"):
+                self.emit("backend_unavailable", run, summary=view.reason)
+                continue
+            with file_lock(run.paths.root / RUN_LOCK_NAME):
+                if view.state != before and persist(view):
+                    run.reload()
+                    if view.state == State.STALLED:
+                        self.emit("stalled", run, attempt=_attempt_n(run), summary=view.reason)
+                    elif before == State.STALLED and view.state == State.RUNNING:
+                        self.emit("recovered", run, attempt=_attempt_n(run), summary="heartbeat is fresh again")
+                    elif view.died:
+                        self.emit("vanished", run, attempt=_attempt_n(run), summary=view.reason)
+                run.reload()
+                if run.state == State.STALLED:
+                    self.apply_stall_policy(run)
+        for run in runs:
+            run.reload()
+        return sum(1 for r in runs if r.state.active)
+
+    def apply_stall_policy(self, run: Run) -> None:
+        """`retry.on` lists `stalled`: stop the job (SIGTERM, then SIGKILL) so it can be retried."""
+        spec = self.spec(run)
+        if spec is None or "stalled" not in spec.retry.on:
+            return
+        rec = run.record
+        job_id, n = current_job_id(rec), _attempt_n(run)
+        if not job_id:
+            return
+        from orchestrator.backends import get_backend
+
+        try:
+            get_backend(rec.get("backend") or spec.backend).cancel([job_id])
+        except OrchError as exc:
+            self.emit("backend_unavailable", run, summary=f"could not stop the stalled job: {exc.message}")
+            return
+
+        def mutate(r: dict[str, Any]) -> None:
+            att = current_attempt(r)
+            if not att or att.get("n") != n or att.get("ended_at") or r.get("state") != str(State.STALLED):
+                return  # the job wrapper recorded an outcome (or requeued) itself
+            att.update(ended_at=now_iso(), state=str(State.FAILED), cause="stalled")
+            r["state"] = str(State.FAILED)
+            r["ended_at"] = att["ended_at"]
+            r["failure"] = {"class": "stalled", "summary": rec.get("state_reason") or "no heartbeat"}
+        run.update(mutate)
+        self.emit("killed_stalled", run, attempt=n, summary=f"stopped stalled job {job_id} ({rec.get('state_reason')})")
+
+    # -- ended runs ----------------------------------------------------------------------
+    def handle_ended(self, run: Run) -> None:
+        """Diagnose / retry / check / preserve one ended attempt, exactly once."""
+        marker = (run.record.get("monitor") or {})
+        n = _attempt_n(run)
+        if marker.get("done_attempt") == n and marker.get("done_state") == str(run.state):
+            return  # cheap pre-check; repeated under the lock
+        with file_lock(run.paths.root / RUN_LOCK_NAME):
+            rec = run.reload()
+            marker = rec.get("monitor") or {}
+            state = run.state
+            if not state.terminal or (marker.get("done_attempt") == n and marker.get("done_state") == str(state)):
+                return
+            if state == State.COMPLETED:
+                self.on_completed(run, n)
+                self._mark(run, n, state, done=True)
+                return
+            diagnosis = self._diagnosis(run, marker, n)
+            if not marker.get("notified_attempt") == n:
+                self.emit("cancelled" if diagnosis.cls == "cancelled" else "failed", run, attempt=n,
+                          **{"class": diagnosis.cls}, summary=diagnosis.summary, exception=diagnosis.exception,
+                          evidence=diagnosis.evidence, state=str(state))
+                self._mark(run, n, state, notified=True)
+            done = self.apply_retry(run, n, diagnosis)
+            if done:
+                self._mark(run, n, state, done=True)
+
+    def _diagnosis(self, run: Run, marker: dict[str, Any], n: int) -> Diagnosis:
+        rec = run.record
+        f = rec.get("failure") or {}
+        if (f.get("attempt") == n and f.get("evidence") is not None) or f.get("class") in _NOT_DIAGNOSED:
+            return Diagnosis(f.get("class", "unknown"), f.get("summary", ""), f.get("evidence") or [],
+                             f.get("exception"), f.get("exit_code"), f.get("signal"), n)
+        att = current_attempt(rec) or {}
+        backend_state = None
+        if att.get("cause") == "node_fail" and att.get("exit_code") is None and att.get("signal") is None:
+            backend_state = "VANISHED"
+        d = diagnose_run(run, backend_state=backend_state)
+        record_failure(run, d)
+        return d
+
+    def _mark(self, run: Run, n: int, state: State, *, done: bool = False, notified: bool = False,
+              **extra: Any) -> None:
+        def mutate(rec: dict[str, Any]) -> None:
+            m = rec.setdefault("monitor", {})
+            if done:
+                m.update(done_attempt=n, done_state=str(state), done_at=now_iso())
+                m.pop("retry_at", None)
+            if notified:
+                m["notified_attempt"] = n
+            m.update(extra)
+        run.update(mutate)
+
+    def apply_retry(self, run: Run, n: int, d: Diagnosis) -> bool:
+        """Resubmit per `retry:`; True when this attempt needs no further attention."""
+        spec = self.spec(run)
+        if d.cls == "cancelled" or spec is None:
+            return True
+        retry = spec.retry
+        rec = run.record
+        attempts = len(rec.get("attempts") or [])
+        if d.cls not in retry.on:
+            self.emit("not_retried", run, attempt=n, **{"class": d.cls},
+                      summary=f"{d.cls} is not in retry.on ({', '.join(retry.on)})", exception=d.exception)
+            return True
+        if attempts >= retry.max_attempts:
+            self.emit("gave_up", run, attempt=n, **{"class": d.cls},
+                      summary=f"{attempts} of {retry.max_attempts} attempts used", exception=d.exception)
+            return True
+        from orchestrator.spec.schema import parse_duration
+
+        delay = parse_duration(retry.backoff) * (2 ** max(0, attempts - 1))
+        ended = _ended_ts(rec) or self.now()
+        if self.now() - ended > RETRY_WINDOW + delay:
+            self.emit("not_retried", run, attempt=n, **{"class": d.cls},
+                      summary=f"ended over {RETRY_WINDOW / 3600:.0f} h ago; `orch resume {run.run_id}` to retry it")
+            return True
+        due = ended + delay
+        if self.now() < due:
+            m = rec.get("monitor") or {}
+            if m.get("retry_at") != round(due, 3):
+                self._mark(run, n, run.state, retry_at=round(due, 3))
+                self.emit("retry_scheduled", run, attempt=n, **{"class": d.cls},
+                          summary=f"retry in {due - self.now():.0f}s (back-off {delay:.0f}s)")
+            return False
+        if d.cls == "oom" and retry.oom_halve_batch:
+            self.halve_batch(run, n)
+        from orchestrator.lifecycle.submit import resubmit
+
+        try:
+            job_id = resubmit(run, reason=f"retry after {d.cls} (attempt {n})")
+        except OrchError as exc:
+            self.emit("retry_failed", run, attempt=n, **{"class": d.cls}, summary=exc.message)
+            return True
+        except OSError as exc:
+            self.emit("retry_failed", run, attempt=n, **{"class": d.cls}, summary=str(exc))
+            return True
+        self.emit("retried", run, attempt=n, **{"class": d.cls}, job_id=job_id,
+                  summary=f"resubmitted as attempt {n + 1} of {retry.max_attempts} (job {job_id}); "
+                          f"resumes from its newest checkpoint")
+        return True
+
+    def halve_batch(self, run: Run, n: int) -> None:
+        """After an OOM: halve train.batch_size and double grad_accum (same global batch) in spec.yaml."""
+        import yaml
+
+        from orchestrator.spec.schema import Spec
+
+        data = yaml.safe_load(run.paths.spec.read_text(encoding="utf-8")) or {}
+        train = data.setdefault("train", {})
+        bs, ga = int(train.get("batch_size", 12)), int(train.get("grad_accum", 1))
+        if bs <= 1:
+            self.emit("oom_halved", run, attempt=n, summary="batch_size is already 1: retrying unchanged")
+            return
+        train["batch_size"], train["grad_accum"] = bs // 2, ga * 2
+        Spec.model_validate(data)  # still a valid spec
+        atomic_write_text(run.paths.spec, yaml.safe_dump(data, sort_keys=False))
+        self._specs.pop(run.run_id, None)
+        change = {"attempt": n, "reason": "oom", "batch_size": [bs, bs // 2], "grad_accum": [ga, ga * 2],
+                  "at": now_iso()}
+        run.update(lambda rec: rec.setdefault("adjustments", []).append(change))
+        self.emit("oom_halved", run, attempt=n,
+                  summary=f"batch_size {bs} -> {bs // 2}, grad_accum {ga} -> {ga * 2} (same global batch)")
+
+    def on_completed(self, run: Run, n: int) -> None:
+        from orchestrator.checks.judge import check_and_record
+
+        verdict = check_and_record(run)
+        if verdict.passed:
+            self.emit("completed", run, attempt=n, summary="completed; all error-level checks pass")
+        else:
+            self.emit("checks_failed", run, attempt=n, failing=[r.name for r in verdict.failing],
+                      summary="; ".join(f"{r.name}: {r.detail}" for r in verdict.failing))
+        spec = self.spec(run)
+        if spec is not None and spec.preserve.auto:
+            self.preserve(run, spec, n)
+
+    def preserve(self, run: Run, spec: Any, n: int) -> None:
+        try:
+            from orchestrator.preserve.bundle import preserve_run  # written by another module owner; optional
+        except ImportError:
+            self.emit("preserve_skipped", run, attempt=n, summary="orchestrator.preserve.bundle is not available")
+            return
+        dest = Path(spec.preserve.dest)
+        if not dest.is_absolute():
+            dest = self.root.root.resolve().parent / dest
+        try:
+            path = preserve_run(run, dest, spec.preserve.checkpoints)
+        except OrchError as exc:
+            self.emit("preserve_failed", run, attempt=n, summary=exc.message)
+            return
+        except OSError as exc:
+            self.emit("preserve_failed", run, attempt=n, summary=str(exc))
+            return
+        self.emit("preserved", run, attempt=n, summary=f"preserved to {path}")
+
+
+def _attempt_n(run: Run) -> int:
+    att = current_attempt(run.record)
+    return int(att.get("n") or 0) if att else 0
+
+
+def _ended_ts(rec: dict[str, Any]) -> Optional[float]:
+    from datetime import datetime
+
+    att = current_attempt(rec) or {}
+    for value in (att.get("ended_at"), rec.get("ended_at"), rec.get("updated_at")):
+        if value:
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def monitor_once(root: Path | str, *, log: Callable[[str], None] = lambda s: None) -> PassResult:
+    return Monitor(root, log=log).run_pass()

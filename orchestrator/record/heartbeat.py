@@ -1,0 +1,41 @@
+"""The heartbeat a job refreshes while it works, so status can tell RUNNING from STALLED.
+
+It is one small JSON file replaced atomically (no fsync: losing the last beat on a power cut
+is harmless), holding the progress `orch status` shows without opening any log.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.record.atomicio import atomic_write_json, read_json
+
+
+class Heartbeat:
+    """Throttled writer: `beat()` is cheap to call every step; it writes at most every `interval` s."""
+
+    def __init__(self, path: Path, interval: float = 5.0) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._last = 0.0
+        self._host = socket.gethostname()
+
+    def beat(self, force: bool = False, **progress: Any) -> bool:
+        now = time.time()
+        if not force and now - self._last < self.interval:
+            return False
+        self._last = now
+        atomic_write_json(self.path, {"time": now, "host": self._host, "pid": os.getpid(), **progress}, fsync=False)
+        return True
+
+
+def read_heartbeat(path: Path) -> dict[str, Any]:
+    return read_json(path, default={}) or {}
+
+
+def heartbeat_age(hb: dict[str, Any], now: float | None = None) -> float | None:
+    t = hb.get("time")
+    return None if t is None else max(0.0, (now or time.time()) - float(t))

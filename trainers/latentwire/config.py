@@ -1,0 +1,126 @@
+"""The `latentwire` trainer's spec sections (torch-free: `orch submit` validates with them).
+
+LatentWire feeds a frozen causal LM K continuous vectors through `inputs_embeds`: a small trained
+encoder compresses a SQuAD context into `model.latent_len` vectors in the decoder's embedding
+space, and the frozen decoder answers the question from them. The spec keeps the lm trainer's
+sections (`data`, `train`, `checkpoint`, `resources`, ...) and replaces three:
+
+- `model:` (`LatentWireModelSpec`): which frozen decoder, the encoder and adapter, prompt limits.
+- `loss:` (`LatentWireLossSpec`): one weight per objective, so a collapse fix is a `--set` away.
+- `eval:` (`LatentWireEvalSpec`): which evaluation modes run, decoding, and the collapse alarm.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec.schema import EvalSpec, Section, Spec
+
+TINY_RANDOM_DECODER = "tiny-random-llama"  # a Llama built from a config: offline smoke tests, no weights
+EVAL_MODES = ("text", "embeddings", "anchor", "latent", "token_budget")
+EvalMode = Literal["text", "embeddings", "anchor", "latent", "token_budget"]
+
+
+class LatentWireModelSpec(Section):
+    """The frozen decoder (exactly one source), the trained encoder + adapter, and the prompt layout."""
+
+    decoder: Optional[str] = Field(
+        None, description="frozen decoder: a local folder, a hub id (meta-llama/Llama-3.1-8B-Instruct), "
+                          f"or {TINY_RANDOM_DECODER!r} (random weights from decoder_config)")
+    decoder_from_run: Optional[str] = Field(
+        None, description="a run id, prefix or name whose ckpt/hf-final/model is the decoder (an `lm` run; "
+                          "resolved at run time under $ORCH_RESULTS_ROOT)")
+    decoder_config: Optional[dict[str, Any]] = Field(
+        None, description=f"{TINY_RANDOM_DECODER}: LlamaConfig overrides (hidden_size, num_hidden_layers, ...)")
+    latent_len: int = Field(32, ge=1, description="K: latent vectors per context")
+    encoder_layers: int = Field(2, ge=1, description="transformer layers over the context's token embeddings")
+    encoder_heads: int = Field(8, ge=1)
+    encoder_dim: int = Field(512, ge=8, description="the encoder's width (the adapter maps it to the decoder's)")
+    encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    adapter: Literal["none", "linear", "mlp"] = Field(
+        "linear", description="encoder width -> decoder embedding width; none needs encoder_dim == decoder width")
+    max_context_tokens: int = Field(384, ge=1, description="contexts are truncated to this many tokens")
+    max_question_tokens: int = Field(64, ge=1)
+    max_answer_tokens: int = Field(16, ge=1, description="gold answers are truncated to this (teacher forcing)")
+    anchor: str = Field("Answer:", description="text after the question that cues the answer")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="decoder weights: auto = bf16 on GPU, fp32 on CPU")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _config_means_tiny(cls, data: Any) -> Any:
+        """`decoder_config:` alone is enough to ask for the tiny random decoder."""
+        if isinstance(data, dict) and data.get("decoder_config") is not None and not data.get("decoder") \
+                and not data.get("decoder_from_run"):
+            data = {**data, "decoder": TINY_RANDOM_DECODER}
+        return data
+
+    @model_validator(mode="after")
+    def _one_decoder(self) -> "LatentWireModelSpec":
+        given = [k for k in ("decoder", "decoder_from_run") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one decoder: model.decoder (a folder, a hub id or "
+                             f"{TINY_RANDOM_DECODER!r}) or model.decoder_from_run (an lm run)"
+                             + (f"; got {', '.join(given)}" if given else ""))
+        if self.decoder_config is not None and self.decoder != TINY_RANDOM_DECODER:
+            raise ValueError(f"decoder_config only applies to decoder: {TINY_RANDOM_DECODER}")
+        if self.encoder_dim % self.encoder_heads:
+            raise ValueError(f"encoder_dim ({self.encoder_dim}) must be divisible by encoder_heads ({self.encoder_heads})")
+        if not self.anchor.strip():
+            raise ValueError("anchor must not be empty (the decoder needs a cue to answer)")
+        return self
+
+
+class LatentWireLossSpec(Section):
+    """Weights of the objectives summed into the training loss (0 switches one off)."""
+
+    tf_weight: float = Field(1.0, ge=0, description="teacher-forced cross-entropy over the whole gold answer")
+    first_token_weight: float = Field(1.0, ge=0, description="cross-entropy of the first answer token alone")
+    kce_weight: float = Field(0.0, ge=0, description="cross-entropy over the first kce_tokens answer tokens")
+    kce_tokens: int = Field(4, ge=1)
+    kd_weight: float = Field(0.0, ge=0, description="distillation from the same decoder reading the full text prompt")
+    kd_tau: float = Field(1.0, gt=0, description="distillation temperature")
+    kd_first_k: int = Field(4, ge=1, description="distil the first k answer positions")
+    kd_topk: Optional[int] = Field(None, ge=1, description="distil only the teacher's top-k tokens (null: whole vocab)")
+    entropy_weight: float = Field(0.0, ge=0, description="reward entropy of the batch's mean first-token distribution")
+
+    @model_validator(mode="after")
+    def _something(self) -> "LatentWireLossSpec":
+        if not any((self.tf_weight, self.first_token_weight, self.kce_weight, self.kd_weight)):
+            raise ValueError("every supervised loss weight is 0: set tf_weight, first_token_weight, kce_weight or kd_weight")
+        return self
+
+
+class LatentWireEvalSpec(EvalSpec):
+    """Evaluation modes on one fixed eval subset, greedy decoding by default, and the collapse alarm."""
+
+    modes: list[EvalMode] = Field(default_factory=lambda: list(EVAL_MODES),  # type: ignore[assignment]
+                                  description="text, embeddings, anchor, latent, token_budget")
+    max_new_tokens: int = Field(12, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0: greedy (what F1/EM are reported with)")
+    collapse_min_diversity: int = Field(4, ge=1, description="fewer unique first tokens per batch than this is collapse")
+    collapse_patience: int = Field(50, ge=1, description="steps of collapse before the warning")
+
+    @model_validator(mode="after")
+    def _modes(self) -> "LatentWireEvalSpec":
+        if not self.modes:
+            raise ValueError("eval.modes is empty: name at least one of " + ", ".join(EVAL_MODES))
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError("eval.modes lists a mode twice")
+        return self
+
+
+class LatentWireSpec(Spec):
+    """A `trainer: latentwire` spec."""
+
+    model: LatentWireModelSpec  # type: ignore[assignment]
+    loss: LatentWireLossSpec = Field(default_factory=LatentWireLossSpec)  # type: ignore[assignment]
+    eval: LatentWireEvalSpec = Field(default_factory=LatentWireEvalSpec)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _squad_data(self) -> "LatentWireSpec":
+        if self.data.builtin:
+            raise ValueError("latentwire reads SQuAD: set data.path (a SQuAD JSON file) or data.hub (squad, squad_v2)")
+        return self

@@ -1,0 +1,451 @@
+"""Data for the `lm` trainer: text in, a cached token memmap out, nanoGPT-style random blocks.
+
+    train_text, val_text = load_text(data_cfg, spec_dir)
+    data = tokenize_to_memmap(data_cfg, tok_cfg, spec_dir, cache_root, run_dir / "tokenizer")
+    sampler = BlockSampler(data.train, block_size=64, batch_size=12, seed=1337)
+    x, y = sampler.next_batch(device)
+
+Tokenization happens once per (data source, tokenizer config): the result lands in
+`cache_root/<hash>/` (written to a temporary folder, then renamed, under a file lock),
+so a sweep of 20 runs that start together tokenizes once and the others memory-map it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.lm.tokenization import TextTokenizer, _text_chunks, build_tokenizer, load_tokenizer
+
+CACHE_FORMAT = 1  # bump when the layout of a cache entry changes
+_HASH_CONTENT_BELOW = 64 << 20  # files smaller than this are identified by content, larger by size+mtime
+_TEXT_SUFFIXES = {".txt", ".text", ".md", ".raw", ".tokens"}
+_LOADERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _opt(cfg: Any, name: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+# --------------------------------------------------------------------------- loading text
+
+
+def _resolve(path: str, spec_dir: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(spec_dir) / p).resolve()
+
+
+def _column(ds: Any, text_field: str) -> list[str]:
+    if text_field not in ds.column_names:
+        raise ValueError(f"data.text_field {text_field!r} is not a column; the columns are {ds.column_names}")
+    return [t or "" for t in ds[text_field]]
+
+
+def _load_file(path: Path, text_field: str) -> list[str]:
+    """A local file as a list of documents, through Hugging Face `datasets`."""
+    import datasets
+
+    if not path.exists():
+        raise FileNotFoundError(f"data.path {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in _TEXT_SUFFIXES:
+        # sample_by="document": the whole file is one row, byte for byte (nanoGPT splits by characters).
+        ds = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
+        return _column(ds, "text")
+    if suffix in _LOADERS:
+        ds = datasets.load_dataset(_LOADERS[suffix], data_files=str(path), split="train")
+        return _column(ds, text_field)
+    raise ValueError(f"data.path {path}: unsupported file type {suffix!r} (use .txt, .json, .jsonl, .parquet or .csv)")
+
+
+def _load_hub(name: str, config: str | None, text_field: str) -> tuple[list[str], list[str] | None]:
+    """A hub dataset's train split and its validation split when it has one."""
+    import datasets
+
+    dsd = datasets.load_dataset(name, config)
+    if "train" not in dsd:
+        raise ValueError(f"hub dataset {name!r} has no train split (splits: {list(dsd)})")
+    val_name = next((s for s in ("validation", "valid", "val") if s in dsd), None)
+    val = _column(dsd[val_name], text_field) if val_name else None
+    return _column(dsd["train"], text_field), val
+
+
+def _split(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Hold out the last `val_fraction`: of the characters for one document (as nanoGPT), else of the documents."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    if len(docs) == 1:
+        text = docs[0]
+        n = int(len(text) * (1.0 - val_fraction))
+        return [text[:n]], [text[n:]]
+    n = min(len(docs) - 1, max(1, int(len(docs) * (1.0 - val_fraction))))
+    return docs[:n], docs[n:]
+
+
+def load_documents(data_cfg: Any, spec_dir: Path) -> tuple[list[str], list[str]]:
+    """(train documents, validation documents) from `data.builtin`, `data.path` or `data.hub`."""
+    text_field = _opt(data_cfg, "text_field", "text") or "text"
+    val_fraction = float(_opt(data_cfg, "val_fraction", 0.1))
+    val: list[str] | None = None
+    if _opt(data_cfg, "builtin"):
+        from trainers.lm.corpora import builtin_text
+
+        train = [builtin_text(_opt(data_cfg, "builtin"))]
+    elif _opt(data_cfg, "path"):
+        train = _load_file(_resolve(_opt(data_cfg, "path"), spec_dir), text_field)
+    elif _opt(data_cfg, "hub"):
+        train, val = _load_hub(_opt(data_cfg, "hub"), _opt(data_cfg, "config"), text_field)
+    else:
+        raise ValueError("the data section needs one of: builtin, path, hub")
+    if val is None:
+        train, val = _split(train, val_fraction)
+    return train, val
+
+
+def join_documents(docs: Sequence[str]) -> str:
+    """One text from many rows: rows that end with a newline (wikitext lines) are kept as they are."""
+    if len(docs) == 1:
+        return docs[0]
+    return "".join(d if d.endswith("\n") else d + "\n" for d in docs)
+
+
+def load_text(data_cfg: Any, spec_dir: Path) -> tuple[str, str]:
+    """(train_text, val_text) for a spec's `data:` section; relative paths are relative to `spec_dir`."""
+    train, val = load_documents(data_cfg, spec_dir)
+    return join_documents(train), join_documents(val)
+
+
+# --------------------------------------------------------------------------- the token cache
+
+
+@dataclass
+class TokenData:
+    """Tokenized splits (read-only memmaps) and the tokenizer that produced them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: TextTokenizer
+    cache_dir: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    cache_hit: bool = False  # False only in the process that did the tokenizing
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    ident: dict[str, Any] = {"path": str(path), "size": st.st_size}
+    if st.st_size < _HASH_CONTENT_BELOW:
+        ident["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        ident["mtime_ns"] = st.st_mtime_ns
+    return ident
+
+
+def source_identity(data_cfg: Any, spec_dir: Path) -> dict[str, Any]:
+    """What identifies the data without loading it: builtin name+version, file content, or hub id."""
+    ident: dict[str, Any] = {
+        "val_fraction": float(_opt(data_cfg, "val_fraction", 0.1)),
+        "text_field": _opt(data_cfg, "text_field", "text") or "text",
+    }
+    if _opt(data_cfg, "builtin"):
+        from trainers.lm.corpora import VERSION
+
+        ident.update(builtin=_opt(data_cfg, "builtin"), version=VERSION)
+    elif _opt(data_cfg, "path"):
+        ident.update(_file_identity(_resolve(_opt(data_cfg, "path"), spec_dir)))
+    elif _opt(data_cfg, "hub"):
+        ident.update(hub=_opt(data_cfg, "hub"), config=_opt(data_cfg, "config"), revision=_opt(data_cfg, "revision"))
+    else:
+        raise ValueError("the data section needs one of: builtin, path, hub")
+    return ident
+
+
+def tokenizer_identity(tok_cfg: Any) -> dict[str, Any]:
+    """The tokenizer settings that change the token ids (a local pretrained folder by its file stats)."""
+    kind = _opt(tok_cfg, "type", "char")
+    ident: dict[str, Any] = {"type": kind, "add_eos": bool(_opt(tok_cfg, "add_eos", False))}
+    if kind == "bpe":
+        ident["vocab_size"] = int(_opt(tok_cfg, "vocab_size", 50257))
+    if kind == "pretrained":
+        name = str(_opt(tok_cfg, "name_or_path"))
+        ident["name_or_path"] = name
+        if Path(name).is_dir():
+            ident["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(name).iterdir())
+    return ident
+
+
+def cache_key(data_cfg: Any, tok_cfg: Any, spec_dir: Path) -> tuple[str, dict[str, Any]]:
+    ident = {
+        "format": CACHE_FORMAT,
+        "data": source_identity(data_cfg, spec_dir),
+        "tokenizer": tokenizer_identity(tok_cfg),
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:16], ident
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
+
+
+def _encoded_pieces(docs: list[str], tok: TextTokenizer, add_eos: bool, batch: int = 256) -> Iterator[list[int]]:
+    """Token ids of a split, in order, a piece at a time (memory stays flat on big corpora)."""
+    if add_eos and tok.eos_id is not None:
+        for i in range(0, len(docs), batch):
+            for ids in tok.encode_batch(docs[i : i + batch]):
+                yield ids + [tok.eos_id]
+        return
+    chunks = list(_text_chunks(join_documents(docs)))
+    for i in range(0, len(chunks), batch):
+        yield from tok.encode_batch(chunks[i : i + batch])
+
+
+def _write_tokens(path: Path, pieces: Iterator[list[int]], dtype: np.dtype) -> int:
+    n = 0
+    with open(path, "wb") as f:
+        for ids in pieces:
+            np.asarray(ids, dtype=dtype).tofile(f)
+            n += len(ids)
+    return n
+
+
+def _build_entry(tmp: Path, data_cfg: Any, tok_cfg: Any, spec_dir: Path, ident: dict[str, Any]) -> dict[str, Any]:
+    """Load, build the tokenizer (on the train split), tokenize both splits into `tmp`."""
+    t0 = time.time()
+    train_docs, val_docs = load_documents(data_cfg, spec_dir)
+    train_text = join_documents(train_docs)
+    # A char vocabulary is the set of characters of the whole corpus, as nanoGPT's shakespeare_char
+    # does: otherwise a character seen only in validation could not be encoded. BPE learns on train only.
+    vocab_text = train_text + join_documents(val_docs) if _opt(tok_cfg, "type", "char") == "char" else train_text
+    tok = build_tokenizer(tok_cfg, vocab_text, tmp / "tokenizer")
+    dtype = _token_dtype(tok.vocab_size)
+    add_eos = bool(_opt(tok_cfg, "add_eos", False))
+    n_train = _write_tokens(tmp / "train.bin", _encoded_pieces(train_docs, tok, add_eos), dtype)
+    n_val = _write_tokens(tmp / "val.bin", _encoded_pieces(val_docs, tok, add_eos), dtype)
+    meta = {
+        "identity": ident,
+        "tokenizer_kind": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "dtype": dtype.name,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "train_chars": len(train_text),
+        "seconds": round(time.time() - t0, 3),
+        "created_by_pid": os.getpid(),
+        "created_at": time.time(),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return meta
+
+
+def _open_entry(entry: Path, cache_hit: bool, tokenizer_out: Path | None) -> TokenData:
+    meta = json.loads((entry / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    tok = load_tokenizer(entry / "tokenizer")
+    if tokenizer_out is not None:
+        tok.save(Path(tokenizer_out))
+    return TokenData(
+        train=np.memmap(entry / "train.bin", dtype=dtype, mode="r"),
+        val=np.memmap(entry / "val.bin", dtype=dtype, mode="r"),
+        tokenizer=tok,
+        cache_dir=entry,
+        meta=meta,
+        cache_hit=cache_hit,
+    )
+
+
+def tokenize_to_memmap(
+    data_cfg: Any,
+    tok_cfg: Any,
+    spec_dir: Path,
+    cache_root: Path,
+    tokenizer_out: Path | None = None,
+) -> TokenData:
+    """Tokenize once into `cache_root/<hash>/{train.bin,val.bin,meta.json,tokenizer/}` and memory-map it.
+
+    The hash covers the data's identity and the tokenizer config. Concurrent callers serialize on a
+    file lock; the first one builds the entry in a temporary folder and renames it into place, so an
+    interrupted build never leaves an entry that looks complete. The tokenizer is also saved into
+    `tokenizer_out` (the run's `tokenizer/` folder) when given.
+    """
+    from filelock import FileLock
+
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    key, ident = cache_key(data_cfg, tok_cfg, Path(spec_dir))
+    entry = cache_root / key
+    hit = _try_open(entry, tokenizer_out)
+    if hit is not None:
+        return hit
+    with FileLock(str(cache_root / f".{key}.lock")):
+        hit = _try_open(entry, tokenizer_out)  # another process may have built it while we waited
+        if hit is not None:
+            return hit
+        tmp = cache_root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            _build_entry(tmp, data_cfg, tok_cfg, Path(spec_dir), ident)
+            if entry.exists():  # damaged (unreadable) entry: replace it
+                shutil.rmtree(entry)
+            os.rename(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _open_entry(entry, False, tokenizer_out)
+
+
+def _try_open(entry: Path, tokenizer_out: Path | None) -> TokenData | None:
+    """The cached entry, or None when it is missing or unreadable (then it gets rebuilt)."""
+    if not (entry / "meta.json").exists():
+        return None
+    try:
+        return _open_entry(entry, True, tokenizer_out)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _gather_blocks(tokens: np.ndarray, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = tokens[i : i+block], y = tokens[i+1 : i+1+block] for each start i, as int64 tensors."""
+    rows = np.stack([np.asarray(tokens[i : i + block_size + 1]) for i in starts.tolist()])
+    xy = torch.from_numpy(rows.astype(np.int64))
+    return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    device = torch.device(device)
+    if device.type == "cuda":  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def _check_length(tokens: np.ndarray, block_size: int, what: str) -> None:
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"{what} has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}")
+
+
+class BlockSampler:
+    """Random contiguous blocks of the training tokens (nanoGPT's get_batch), resumable exactly.
+
+    Batch k's start positions depend only on (seed, k): the global batch of
+    `batch_size * world_size` starts is drawn from a generator seeded with (seed, k) and each rank
+    takes its own slice. So a 2-process run sees exactly the blocks of a 1-process run with the same
+    global batch, and the state to checkpoint is just k.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        _check_length(tokens, block_size, "the training split")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.batches_drawn = 0
+        self._gen = torch.Generator()
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Tokens this rank consumes per batch."""
+        return self.batch_size * self.block_size
+
+    @property
+    def epoch_tokens(self) -> int:
+        """Tokens in one pass over the training split (the unit of `train.epochs`)."""
+        return len(self.tokens)
+
+    def epochs_seen(self, tokens_seen: int) -> float:
+        """How many passes over the training split `tokens_seen` (global, all ranks) amounts to."""
+        return tokens_seen / self.epoch_tokens
+
+    def _global_starts(self, k: int) -> torch.Tensor:
+        self._gen.manual_seed(self.seed * 1_000_003 + k)
+        high = len(self.tokens) - self.block_size
+        return torch.randint(high, (self.batch_size * self.world_size,), generator=self._gen)
+
+    def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), int64 [batch_size, block_size], y is x shifted by one token."""
+        starts = self._global_starts(self.batches_drawn)
+        self.batches_drawn += 1
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return _to_device(*_gather_blocks(self.tokens, mine, self.block_size), device)
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "batches_drawn": self.batches_drawn,
+            "seed": self.seed,
+            "block_size": self.block_size,
+            "global_batch_size": self.batch_size * self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue where `state` left off; refuses a state drawn with a different seed or block size.
+
+        A different global micro-batch (after `orch monitor` halved the batch and doubled
+        grad_accum on an out-of-memory retry) continues at the same token position: batch k of the
+        new shape is drawn from a seed no earlier batch used, so no block is replayed by design.
+        """
+        for key in ("seed", "block_size"):
+            mine = self.state_dict()[key]
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {mine}")
+        drawn = int(state["batches_drawn"])
+        old_global = int(state.get("global_batch_size", self.batch_size * self.world_size))
+        new_global = self.batch_size * self.world_size
+        if old_global != new_global:
+            consumed = drawn * old_global  # sequences drawn so far, all ranks
+            drawn = -(-consumed // new_global)  # ceil: never step back onto drawn seeds
+        self.batches_drawn = drawn
+
+
+def epochs_to_steps(epochs: float, n_train_tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps for a `train.epochs` budget, with `tokens_per_step` the global tokens per step."""
+    return max(1, math.ceil(epochs * n_train_tokens / tokens_per_step))
+
+
+def iter_eval_batches(
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    n_batches: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same `n_batches` validation blocks every time (fixed seed), so val losses compare across evals.
+
+    With world_size > 1, batch i goes to rank i % world_size (reduce the per-rank sums afterwards).
+    """
+    _check_length(tokens, block_size, "the validation split")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(tokens) - block_size, (n_batches, batch_size), generator=gen)
+    for i in range(rank, n_batches, world_size):
+        yield _to_device(*_gather_blocks(tokens, starts[i], block_size), device)
