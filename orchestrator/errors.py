@@ -81,6 +81,19 @@ class BackendUnavailable(OrchError):
     exit_code = EXIT_BACKEND
 
 
+class IllegalTransition(OrchError):
+    """A run record refused a state change: the run is not in a state the transition leaves from
+    (usually someone else acted first: a monitor, another `orch resume`, the job itself)."""
+
+    exit_code = EXIT_FAILED
+
+
+class RecordDamaged(OrchError):
+    """A run folder whose run.json is missing, unreadable or not a run record."""
+
+    exit_code = EXIT_FAILED
+
+
 class RunFailed(OrchError):
     """A run ended in a state other than COMPLETED, or a check failed."""
 

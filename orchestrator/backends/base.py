@@ -70,15 +70,37 @@ class Backend(ABC):
         """Stop jobs: SIGTERM (the trainer may checkpoint), SIGKILL after a grace period."""
 
 
-def get_backend(name: str) -> Backend:
-    if name == "local":
-        from orchestrator.backends.local.submit import LocalBackend
+class JobEnvironment(ABC):
+    """The job side of a backend, asked by the job wrapper inside a running job (as submitit's
+    `JobEnvironment`): who am I, how long may I run, who enforces that, how do I come back."""
 
-        return LocalBackend()
-    if name == "slurm":
-        from orchestrator.backends.slurm.submit import SlurmBackend
+    name: str = "?"
+    #: True when the scheduler itself sends the warning signal and kills at the time limit; False
+    #: when the wrapper must do both (the local backend).
+    enforces_time_limit: bool = True
+    #: True when a requeued job is started again by the scheduler (the wrapper exits); False when
+    #: the wrapper itself loops into the next attempt.
+    restarts_itself: bool = True
 
-        return SlurmBackend()
-    from orchestrator.errors import UserError
+    @abstractmethod
+    def job_id(self) -> Optional[str]:
+        """This job's id as the backend's submit side recorded it (None when unknown)."""
 
-    raise UserError(f"unknown backend {name!r}", hint="use local or slurm")
+    def restart_count(self) -> int:
+        """How many times the scheduler restarted this same job (0 on the first start)."""
+        return 0
+
+    def node_rank(self) -> int:
+        """This node's index among the job's nodes (0 on one node)."""
+        return 0
+
+    def num_nodes(self) -> int:
+        return 1
+
+    @abstractmethod
+    def requeue(self) -> bool:
+        """Ask for this job to run again after it stops; False (with the reason on stderr) if refused."""
+
+    def started_at(self) -> Optional[float]:
+        """When the job started (epoch seconds), if the backend knows."""
+        return None

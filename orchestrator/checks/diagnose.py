@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from orchestrator.record.atomicio import tail_jsonl
-from orchestrator.record.tree import Run, now_iso
+from orchestrator.record.record import now_iso
+from orchestrator.record.tree import Run
 from orchestrator.record.states import EXIT_REQUEUE
 
 TAIL_BYTES = 64 * 1024
@@ -312,7 +313,7 @@ def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool
         stderr=read_tail(run.paths.stderr(n)) + read_tail(run.paths.scheduler_log, 16 * 1024, 60),
         stdout=read_tail(run.paths.stdout(n)),
         diagnostics_tail=tail_jsonl(run.paths.diagnostics, 5),
-        cancel_requested=run.paths.cancel_request.exists(),
+        cancel_requested=_cancel_requested(run),
         stalled=stalled or att.get("cause") == "stalled",
         stop_reason=rec.get("stop_reason"),
         wrapper_cause=att.get("cause"),
@@ -321,16 +322,24 @@ def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool
     return d
 
 
-def record_failure(run: Run, d: Diagnosis) -> None:
-    """Store the diagnosis as run.json `failure` and on the attempt it belongs to."""
-    data = d.to_dict()
+def _cancel_requested(run: Run) -> bool:
+    """`orch cancel` asked this run to stop (the monitor's stop of a stalled job is not a cancel)."""
+    try:
+        return not run.paths.cancel_request.read_text(errors="replace").startswith("stalled")
+    except OSError:
+        return False
 
-    def mutate(rec: dict[str, Any]) -> None:
-        rec["failure"] = data
-        for att in rec.get("attempts") or []:
-            if att.get("n") == d.attempt:
-                att["failure_class"] = d.cls
-    run.update(mutate)
+
+def record_failure(run: Run, d: Diagnosis) -> bool:
+    """Store the diagnosis as run.json `failure` and on its attempt; False when the run moved on
+    (a new attempt started) and the diagnosis is stale."""
+    from orchestrator.record.record import Failure, IllegalTransition, record_failure as store
+
+    try:
+        store(run, Failure.from_dict(d.to_dict()))
+    except IllegalTransition:
+        return False
+    return True
 
 
 def ensure_diagnosed(run: Run, *, backend_state: Optional[str] = None) -> Optional[Diagnosis]:

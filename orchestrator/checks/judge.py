@@ -24,7 +24,8 @@ from orchestrator.record.atomicio import atomic_write_json, read_json
 from orchestrator.checks.expr import CheckSyntaxError, UnknownMetric, compile_check
 from orchestrator.record.heartbeat import heartbeat_age, read_heartbeat
 from orchestrator.record.paths import RunPaths
-from orchestrator.record.tree import Run, now_iso
+from orchestrator.record.record import now_iso
+from orchestrator.record.tree import Run
 from orchestrator.record.states import State
 
 PASS, FAIL, UNKNOWN, ERROR, NOTE, SKIP = "pass", "fail", "unknown", "error", "note", "skip"
@@ -702,7 +703,7 @@ def write_verdict(run: Run, verdict: RunVerdict) -> None:
                          "summary": f"{passed}/{len(verdict.results)}" + ("" if verdict.passed else " FAIL"),
                          "checked_at": verdict.checked_at}
     if run.paths.run_json.exists():
-        run.update(mutate)
+        run.annotate(mutate)
 
 
 def check_and_record(run: Run, now: float | None = None) -> RunVerdict:

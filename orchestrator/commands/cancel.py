@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from orchestrator.record.attempts import current_job_id
 from orchestrator.backends import get_backend
+from orchestrator.backends.registry import DEFAULT as DEFAULT_BACKEND
+from orchestrator.lifecycle.refresh import persist, refresh
+from orchestrator.record import record
+from orchestrator.record.record import IllegalTransition, attempt_n, current_job_id
 from orchestrator.record.tree import ResultsRoot, Run
-from orchestrator.record.states import State
-from orchestrator.lifecycle.refresh import refresh
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,25 +18,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runs = ResultsRoot(args.results).resolve_many(args.runs)
-    by_backend: dict[str, list[tuple[Run, str]]] = defaultdict(list)
+    by_backend: dict[str, list[tuple[Run, str, int]]] = defaultdict(list)
     for view in refresh(runs):
         run_ = view.run
+        persist(view)  # a job the backend lost is recorded as what it is, not cancelled
         if view.state.terminal:
             print(f"{run_.run_id}: already {view.state}")
             continue
+        # The request tells the job wrapper that the SIGTERM it is about to get is a cancellation.
         run_.paths.cancel_request.write_text("cancelled by orch cancel\n")
         job_id = current_job_id(run_.record)
         if job_id:
-            by_backend[run_.record.get("backend") or "local"].append((run_, job_id))
+            by_backend[run_.record.get("backend") or DEFAULT_BACKEND].append((run_, job_id, attempt_n(run_.record)))
         else:
-            run_.set_state(State.CANCELLED)
+            _cancel_record(run_, None)
+            print(f"{run_.run_id}: cancelled (no job was running)")
     for backend, items in by_backend.items():
-        get_backend(backend).cancel([j for _, j in items])
-        for run_, job_id in items:
-            # The wrapper records CANCELLED itself; if it could not (killed, or still queued), do it here.
-            def mutate(rec: dict) -> None:
-                if not State(rec.get("state", "PENDING")).terminal:
-                    rec["state"] = str(State.CANCELLED)
-            run_.update(mutate)
+        get_backend(backend).cancel([j for _, j, _ in items])
+        for run_, job_id, n in items:
+            _cancel_record(run_, n)  # the wrapper records CANCELLED itself; if it could not, here
             print(f"{run_.run_id}: cancelled ({backend} job {job_id})")
     return 0
+
+
+def _cancel_record(run_: Run, n: int | None) -> None:
+    try:
+        record.cancel(run_, n=n)
+    except IllegalTransition:
+        pass  # the job wrapper (or a scheduler) recorded the end first

@@ -45,7 +45,7 @@ def summarize(view: RunView) -> dict[str, Any]:
     total = hb.get("total_steps") or rec.get("total_steps")
     if hb.get("train_loss") is not None:
         metrics.setdefault("train_loss", hb.get("train_loss"))
-    failure = rec.get("failure") or {}
+    failure = view.failure or rec.get("failure") or {}
     return {
         "run_id": view.run.run_id,
         "name": view.run.name,

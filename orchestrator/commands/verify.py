@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.preserve.manifest import iter_lines, verify_bundle
+from orchestrator.preserve.manifest import iter_lines
+from orchestrator.preserve.verify import verify_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

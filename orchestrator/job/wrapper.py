@@ -1,7 +1,8 @@
 """The job wrapper: what every backend runs inside the job, `python -m orchestrator.job RUN_DIR`.
 
-It needs nothing but the run folder. It claims (or, after a requeue, opens) an attempt in
-run.json, waits for `after:` dependencies and a local parallelism slot, starts the trainer with
+It needs nothing but the run folder and its backend's job side (`backends/*/job.py`: job id,
+time limit, requeue). It claims (or, after a requeue, opens) an attempt in run.json (refusing to
+run when the record names another job), waits for `after:` dependencies and a local parallelism slot, starts the trainer with
 its output in logs/stdout-N.log and logs/stderr-N.log, forwards signals to it, enforces the
 time limit on the local backend the way `sbatch --signal` + the time limit do on SLURM, and
 records how the attempt ended (exit.json, renamed into place, and run.json). A trainer exiting
@@ -21,23 +22,21 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional
 
+from orchestrator.backends.base import JobEnvironment
+from orchestrator.backends.registry import job_environment, names as backend_names
+from orchestrator.record import record
 from orchestrator.record.atomicio import atomic_write_json, file_lock, read_json
 from orchestrator.record.heartbeat import Heartbeat
 from orchestrator.record.paths import RunPaths
-from orchestrator.record.tree import Run, now_iso
-from orchestrator.spec.schema import Spec, parse_duration, spec_from_run
+from orchestrator.record.record import IllegalTransition, now_iso
 from orchestrator.record.states import EXIT_REQUEUE, State
+from orchestrator.record.tree import Run
+from orchestrator.spec.schema import Spec, parse_duration, spec_from_run
 
 FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 KILL_WAIT = float(os.environ.get("ORCH_KILL_WAIT", "10"))
 POLL = 0.2
-
-
-def slurm_job_id() -> Optional[str]:
-    """This job's id as orch records it: `<array job>_<task>` inside an array, else the job id."""
-    from orchestrator.backends.slurm.submit import current_job_id
-
-    return current_job_id()
 
 
 def trainer_command(spec: Spec, run_dir: Path, port_seed: str) -> list[str]:
@@ -68,10 +67,12 @@ def _die_with_parent() -> None:
 
 
 class JobWrapper:
-    def __init__(self, run_dir: Path, backend: str, command: Optional[list[str]] = None) -> None:
+    def __init__(self, run_dir: Path, backend: str, command: Optional[list[str]] = None,
+                 job: Optional[JobEnvironment] = None) -> None:
         self.paths = RunPaths(run_dir.resolve())
         self.run = Run(self.paths)
         self.backend = backend
+        self.job = job or job_environment(backend)
         self.spec = spec_from_run(self.paths.spec)
         self.command = command
         self.child: Optional[subprocess.Popen[bytes]] = None
@@ -83,51 +84,18 @@ class JobWrapper:
 
     # -- attempts ------------------------------------------------------------------------
     def claim_attempt(self) -> int:
-        """Stamp the pending attempt as started, or open a new one (a requeued SLURM job)."""
-        job_id = slurm_job_id() if self.backend == "slurm" else None
-        holder: dict[str, int] = {}
-
-        def mutate(rec: dict[str, Any]) -> None:
-            attempts = rec.setdefault("attempts", [])
-            last = attempts[-1] if attempts else None
-            if last is None or last.get("started_at"):
-                last = {"n": len(attempts) + 1, "backend": self.backend, "job_id": job_id or (last or {}).get("job_id"),
-                        "reason": "requeue" if attempts else "submit"}
-                attempts.append(last)
-            last.update(started_at=now_iso(), host=socket.gethostname(), pid=os.getpid(),
-                        restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
-            if job_id and not last.get("job_id"):
-                last["job_id"] = job_id
-            rec["state"] = str(State.RUNNING)
-            rec.pop("pending_reason", None)
-            rec.pop("stop_reason", None)  # the trainer records this attempt's own
-            holder["n"] = last["n"]
-
-        self.run.update(mutate)
-        return holder["n"]
+        """Start the attempt the record names (or a new one after a scheduler requeue); refused, with
+        the reason, when this job is not the run's current job or the run was stopped meanwhile."""
+        return record.claim(self.run, job_id=self.job.job_id(), backend=self.backend, pid=os.getpid(),
+                            restart_count=self.job.restart_count())
 
     def finish_attempt(self, n: int, state: State, exit_code: Optional[int], sig: Optional[int],
-                       cause: Optional[str], requeue: bool) -> None:
+                       cause: Optional[str], requeue: bool) -> State:
         ended = now_iso()
         status = {"attempt": n, "state": str(state), "exit_code": exit_code, "signal": sig,
                   "cause": cause, "requeued": requeue, "ended_at": ended, "host": socket.gethostname()}
         atomic_write_json(self.paths.exit_status, status)
-
-        def mutate(rec: dict[str, Any]) -> None:
-            for att in rec.get("attempts", []):
-                if att.get("n") == n:
-                    att.update(ended_at=ended, exit_code=exit_code, signal=sig, state=str(state), cause=cause)
-            rec["exit_code"] = exit_code
-            rec["ended_at"] = ended
-            if requeue:
-                rec["state"] = str(State.QUEUED)
-                rec["pending_reason"] = f"requeued after {cause}"
-            else:
-                rec["state"] = str(state)
-                if cause and state not in (State.COMPLETED,):
-                    rec.setdefault("failure", {"class": cause, "summary": f"attempt {n}: {cause}"})
-
-        self.run.update(mutate)
+        return record.finish(self.run, n, state, exit_code=exit_code, signal=sig, cause=cause, requeue=requeue)
 
     # -- waiting -------------------------------------------------------------------------
     def wait_for_dependencies(self) -> Optional[str]:
@@ -140,7 +108,7 @@ class JobWrapper:
                 state = rec.get("state")
                 if state == str(State.COMPLETED):
                     continue
-                if state in {str(s) for s in (State.FAILED, State.CANCELLED, State.TIMEOUT, State.PREEMPTED)}:
+                if state in {str(s) for s in record.STOPPED}:
                     return f"dependency {Path(dep['run_dir']).name} ended {state}"
                 waiting.append(dep)
             if not waiting:
@@ -176,7 +144,7 @@ class JobWrapper:
 
     def _set_pending(self, reason: str) -> None:
         if self.run.record.get("pending_reason") != reason:
-            self.run.set_state(State.QUEUED, pending_reason=reason)
+            record.waiting(self.run, reason)
 
     # -- running -------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -220,7 +188,7 @@ class JobWrapper:
             self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                           preexec_fn=self._child_setup)
         start = time.monotonic()
-        limit = self.spec.resources.time_seconds if self.backend == "local" else None
+        limit = None if self.job.enforces_time_limit else self.spec.resources.time_seconds
         grace = min(self.spec.resources.signal_grace, (limit or 0) / 2) if limit else 0
         warn_sig = self.warn_signal
         while True:
@@ -240,46 +208,58 @@ class JobWrapper:
             if self.time_killed and elapsed >= limit + KILL_WAIT:
                 self._signal_child(signal.SIGKILL)
 
+    def stop_request(self) -> Optional[str]:
+        """Why orch asked this job to stop (`orch cancel`, or the monitor stopping a stalled job)."""
+        try:
+            return self.paths.cancel_request.read_text(encoding="utf-8", errors="replace").strip() or "cancelled"
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return "cancelled"
+
     def outcome(self, rc: int) -> tuple[State, Optional[str], bool]:
-        """(state, cause, requeue?) for an attempt that ended with return code `rc`."""
-        if self.paths.cancel_request.exists():
+        """(state, cause, requeue?) for an attempt that ended with return code `rc`.
+
+        The warning signal (`resources.signal`, sent `signal_grace` seconds before the time limit by
+        Slurm's `--signal` or by this wrapper locally) marks a time limit or a preemption: the trainer
+        checkpoints, exits 75, and the job is requeued while `retry:` allows. A SIGTERM *without* a
+        warning before it is a cancellation (`scancel`, `kill`): never requeued, never retried,
+        whatever the trainer did with it (a checkpoint is still welcome for a later `orch resume`).
+        """
+        request = self.stop_request()
+        if request is not None:
+            if request.startswith("stalled"):
+                return State.FAILED, "stalled", False
             return State.CANCELLED, "cancelled", False
         if rc == 0:
             return State.COMPLETED, None, False
-        signalled = self.time_warned or bool(self.signals_seen)
-        killed_by_warning = rc < 0 and -rc == self.warn_signal and signalled
+        warned = self.time_warned or self.warn_signal in self.signals_seen
+        if not warned and any(s in TERMINATING for s in self.signals_seen):
+            return State.CANCELLED, "cancelled", False
+        killed_by_warning = rc < 0 and -rc == self.warn_signal and warned
         # A launcher (torchrun) reports its workers' exit 75 as a plain failure: the trainer's own
         # record of this attempt says whether it stopped for the signal after a checkpoint.
-        preempted = signalled and str(self.run.reload().get("stop_reason", "")).startswith("preempted")
+        preempted = warned and str(self.run.reload().get("stop_reason", "")).startswith("preempted")
         if rc == EXIT_REQUEUE or self.time_killed or killed_by_warning or (rc != 0 and preempted):
-            cause = "timeout" if (self.time_warned or self._near_slurm_limit()) else "preempted"
+            cause = "timeout" if (self.time_warned or self._near_time_limit()) else "preempted"
             state = State.TIMEOUT if cause == "timeout" else State.PREEMPTED
             return state, cause, self._retry_allows(cause)
         if rc < 0:
             return State.FAILED, "killed", self._retry_allows("killed")
-        return State.FAILED, None, False  # classified later from the logs (orch monitor / status)
+        return State.FAILED, None, False  # classified from the logs by diagnose() below
 
-    def _near_slurm_limit(self) -> bool:
-        """On SLURM, a signal that arrives within the grace window of the time limit is the warning."""
-        if self.backend != "slurm":
-            return False
-        started = float(os.environ.get("ORCH_JOB_START", "0") or 0)
+    def _near_time_limit(self) -> bool:
+        """A warning signal that arrives within the grace window of the scheduler's time limit."""
+        started = self.job.started_at() if self.job.enforces_time_limit else None
         if not started:
             return False
-        return time.time() - started >= self.spec.resources.time_seconds - self.spec.resources.signal_grace - 30
+        res = self.spec.resources
+        return time.time() - started >= res.time_seconds - res.signal_grace - 30
 
     def _retry_allows(self, cause: str) -> bool:
         retry = self.spec.retry
         attempts = len(self.run.reload().get("attempts", []))
         return cause in retry.on and attempts < retry.max_attempts
-
-    def requeue(self) -> bool:
-        """Ask the backend to run this job again; on SLURM the same job id comes back later."""
-        if self.backend == "slurm":
-            from orchestrator.backends.slurm.submit import requeue_current_job
-
-            return requeue_current_job()
-        return True  # local: the loop in main() starts the next attempt itself
 
     def diagnose(self) -> None:
         """Classify the failure while its logs are fresh, so `orch status` can say why at once."""
@@ -293,18 +273,23 @@ class JobWrapper:
     def main(self) -> int:
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
-        os.environ.setdefault("ORCH_JOB_START", str(time.time()))
         blocked = self.wait_for_dependencies()
         if blocked:
-            self.run.set_state(State.CANCELLED, pending_reason=None,
-                               failure={"class": "dependency", "summary": blocked})
+            record.dependency_failed(self.run, blocked)
             return 1
         self.acquire_slot()
         while True:
-            if self.paths.cancel_request.exists():
-                self.run.set_state(State.CANCELLED)
+            if self.stop_request() is not None:
+                try:
+                    record.cancel(self.run, "cancelled before it started")
+                except IllegalTransition:
+                    pass  # cancelled already
                 return 1
-            n = self.claim_attempt()
+            try:
+                n = self.claim_attempt()
+            except IllegalTransition as exc:
+                print(f"orch: not starting: {exc.message}", file=sys.stderr)
+                return 1
             self.heartbeat.beat(force=True, phase="starting", attempt=n)
             self.time_warned = self.time_killed = False
             self.signals_seen.clear()
@@ -312,13 +297,13 @@ class JobWrapper:
             state, cause, requeue = self.outcome(rc)
             sig = -rc if rc < 0 else None
             if requeue:
-                requeue = self.requeue()
-            self.finish_attempt(n, state, rc if rc >= 0 else None, sig, cause, requeue)
-            if not requeue and state not in (State.COMPLETED, State.CANCELLED):
+                requeue = self.job.requeue()
+            kept = self.finish_attempt(n, state, rc if rc >= 0 else None, sig, cause, requeue)
+            if not requeue and kept not in (State.COMPLETED, State.CANCELLED):
                 self.diagnose()
             if not requeue:
-                return 0 if state == State.COMPLETED else (rc if rc > 0 else 1)
-            if self.backend != "local":
+                return 0 if kept == State.COMPLETED else (rc if rc > 0 else 1)
+            if self.job.restarts_itself:
                 return 0  # the scheduler starts the next attempt
             time.sleep(min(parse_duration(self.spec.retry.backoff), 2.0))
 
@@ -331,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv, command = argv[:cut], argv[cut + 1:] or None
     parser = argparse.ArgumentParser(prog="python -m orchestrator.job")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--backend", default="local", choices=["local", "slurm"])
+    parser.add_argument("--backend", default="local", choices=backend_names())
     args = parser.parse_args(argv)
     with file_lock(RunPaths(args.run_dir).root / ".job.lock", blocking=False) as got:
         if not got:
@@ -344,7 +329,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             import traceback
 
             traceback.print_exc()
-            wrapper.run.set_state(State.FAILED, failure={"class": "wrapper_error", "summary": f"{type(exc).__name__}: {exc}"})
+            record.wrapper_error(wrapper.run, f"{type(exc).__name__}: {exc}")
             return 1
 
 

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from orchestrator.record.attempts import current_job_id
+from orchestrator.record.record import attempt_n, current_job_id
 from orchestrator.backends import JobStatus, get_backend
+from orchestrator.backends.registry import DEFAULT as DEFAULT_BACKEND
 from orchestrator.errors import OrchError
 from orchestrator.record.heartbeat import heartbeat_age, read_heartbeat
 from orchestrator.record.tree import Run
@@ -32,6 +33,7 @@ class RunView:
     heartbeat: dict[str, Any] = field(default_factory=dict)
     job: Optional[JobStatus] = None
     died: bool = False  # the backend lost the job and nothing was recorded
+    failure: Optional[dict[str, Any]] = None  # a diagnosis made in memory (status writes nothing)
 
     @property
     def record(self) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
         if state.active and poll:
             job_id = current_job_id(rec)
             if job_id:
-                active.setdefault(rec.get("backend") or "local", []).append((run, job_id))
+                active.setdefault(rec.get("backend") or DEFAULT_BACKEND, []).append((run, job_id))
     for backend_name, items in active.items():
         try:
             statuses = get_backend(backend_name).poll([j for _, j in items])
@@ -91,10 +93,7 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
                 view.state = run.state  # local: alive; the wrapper's record says QUEUED or RUNNING
     for view in views.values():
         if view.state == State.FAILED and not (view.run.record.get("failure") or {}).get("diagnosed_at"):
-            try:
-                _diagnose(view)
-            except OSError:  # someone else's read-only results tree: show what is there
-                pass
+            view.failure = _diagnose(view)
         if view.state != State.PENDING:
             view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
         if view.state in (State.RUNNING, State.STALLED):
@@ -107,54 +106,60 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
     return [views[r.run_id] for r in runs]
 
 
-def _diagnose(view: RunView) -> None:
-    """A failed run nobody classified yet (a job that died without a word): read its log tails once."""
-    from orchestrator.checks.diagnose import diagnose_run, record_failure
+def _diagnose(view: RunView) -> Optional[dict[str, Any]]:
+    """A failed run nobody classified yet (a job that died without a word): read its log tails, in
+    memory only. `orch status` writes nothing; `persist` (monitor, resume, --wait) records it."""
+    from orchestrator.checks.diagnose import diagnose_run
 
     job = view.job
-    if view.died:
-        persist(view)
-    elif job is not None and (job.exit_code is not None or job.signal is not None):
-        _record_backend_exit(view, job)  # the wrapper never wrote one: the scheduler's word is all there is
     # A job that vanished without a recorded exit lost its wrapper: for diagnosis, a node failure.
-    state = "NODE_FAIL" if view.died else (job.raw_state if job else None)
-    d = diagnose_run(view.run, backend_state=state)
-    record_failure(view.run, d)
-    view.run.reload()
+    state = "VANISHED" if view.died else (job.raw_state if job else None)
+    try:
+        d = diagnose_run(view.run, backend_state=state)
+    except OSError:
+        return None
+    if view.died or (job is not None and (job.exit_code is not None or job.signal is not None)):
+        d.summary = d.summary or (view.reason or "")
+    return d.to_dict()
 
 
-def _record_backend_exit(view: RunView, job: JobStatus) -> None:
-    def mutate(rec: dict[str, Any]) -> None:
-        if not State(rec.get("state", "PENDING")).terminal:
-            rec["state"] = str(view.state)
-        for att in rec.get("attempts", [])[-1:]:
-            if att.get("exit_code") is None and att.get("signal") is None:
-                att.update(exit_code=job.exit_code, signal=job.signal, state=str(view.state),
-                           cause="killed" if job.signal else None)
-
-    view.run.update(mutate)
+_CLASS_OF_STATE = {State.CANCELLED: "cancelled", State.TIMEOUT: "timeout", State.PREEMPTED: "preempted"}
 
 
 def persist(view: RunView) -> bool:
-    """Write a discovered state into run.json (monitor/resume/--wait do; plain status does not)."""
-    if view.state == view.run.state:
+    """Record what `refresh` discovered (STALLED, recovered, vanished, the scheduler's exit) through
+    the run record's transitions; False when nothing changed or the run moved on meanwhile."""
+    from orchestrator.record import record
+
+    run = view.run
+    n = attempt_n(run.record)
+    before = run.state
+    if view.state == before:
         return False
-    state, reason, died = view.state, view.reason, view.died
+    if view.state == State.STALLED and before == State.RUNNING:
+        return record.stall(run, n, view.reason or "no heartbeat")
+    if view.state == State.RUNNING and before == State.STALLED:
+        return record.recover(run, n)
+    if view.state.terminal and before.active:
+        job = view.job
+        failure = view.failure or {}
+        cls = failure.get("class") or ("node_fail" if view.died else _CLASS_OF_STATE.get(view.state))
+        summary = failure.get("summary") or view.reason or ""
+        code = job.exit_code if job is not None else None
+        sig = job.signal if job is not None else None
+        changed = record.vanish(run, n, view.state, cls=cls, summary=summary, exit_code=code, signal=sig)
+        if changed and failure:
+            from orchestrator.record.record import Failure, IllegalTransition
 
-    def mutate(rec: dict[str, Any]) -> None:
-        if State(rec.get("state", "PENDING")).terminal:
-            return  # the job wrapper got there first
-        rec["state"] = str(state)
-        if died:
-            rec["failure"] = {"class": "node_fail", "summary": reason}
-            for att in rec.get("attempts", [])[-1:]:
-                att.setdefault("state", str(State.FAILED))
-                att.setdefault("cause", "node_fail")
-        if reason:
-            rec["state_reason"] = reason
-
-    view.run.update(mutate)
-    return True
+            f = Failure.from_dict({**failure, "attempt": n})
+            if f is not None:
+                f.inferred = code is None and sig is None
+                try:
+                    record.record_failure(run, f)
+                except IllegalTransition:
+                    pass
+        return changed
+    return False
 
 
 def checks_summary(run: Run) -> Optional[str]:

@@ -7,6 +7,7 @@ new attempt of an existing run from its own folder (resume, and monitor's retrie
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.record.attempts import current_job_id
+from orchestrator.record import record
+from orchestrator.record.record import current_job_id
 from orchestrator.backends import SubmitGroup, SubmitItem, get_backend
 from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
@@ -144,19 +146,21 @@ def submit_plan(groups: list[PlannedGroup]) -> list[tuple[SubmitItem, str]]:
     return done
 
 
-def resubmit(run: Run, reason: str = "resume", backend: Optional[str] = None) -> str:
-    """A new attempt of an existing run, from its folder alone; the trainer resumes from its checkpoint."""
+def resubmit(run: Run, reason: str = "resume", backend: Optional[str] = None, *, after_attempt: int) -> str:
+    """A new attempt of a stopped run, from its folder alone; the trainer resumes from its checkpoint.
+
+    The new attempt is opened by the record's `resubmit` transition, which succeeds only while
+    `after_attempt` is still the run's current attempt: of two callers racing (`orch resume` and
+    `orch monitor`), one submits and the other gets IllegalTransition and submits nothing.
+    """
     rec = run.reload()
-    state = State(rec.get("state", "PENDING"))
     spec = spec_from_run(run.paths.spec)
     name = backend or rec.get("backend") or spec.backend
-    if run.paths.cancel_request.exists():
+    record.resubmit(run, name, after_attempt=after_attempt, reason=reason)
+    with contextlib.suppress(FileNotFoundError):
         run.paths.cancel_request.unlink()
-    item = SubmitItem(run, spec)
-    group = SubmitGroup([item], group_id=run.run_id)
-    ids = get_backend(name).submit(group)
-    run.update(lambda r: r.setdefault("resumes", []).append({"from_state": str(state), "reason": reason}))
-    return ids[0]
+    group = SubmitGroup([SubmitItem(run, spec)], group_id=run.run_id)
+    return get_backend(name).submit(group)[0]
 
 
 def ensure_stopped(run: Run, state: State) -> None:

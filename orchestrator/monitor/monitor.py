@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_text, file_lock
-from orchestrator.record.attempts import current_attempt, current_job_id
+from orchestrator.record import record
+from orchestrator.record.record import NOT_DIAGNOSED, IllegalTransition, attempt_n, current_attempt, current_job_id
 from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure, redact
 from orchestrator.errors import OrchError, UserError
-from orchestrator.record.tree import ResultsRoot, Run, now_iso
+from orchestrator.record.record import now_iso
+from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.record.states import State
 
-LOCK_NAME = ".monitor.lock"
-RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
-_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs
+LOCK_NAME = ".monitor.lock"  # in the results root: one pass at a time
+RUN_LOCK_NAME = ".monitor.lock"  # inside each run folder: one handler of a run at a time
 EVENTS_NAME = "events.jsonl"
-RUN_LOCK_NAME = ".monitor.lock"
 RETRY_WINDOW = 24 * 3600.0  # an attempt that ended longer ago than this is not retried automatically
-_NOT_DIAGNOSED = ("dependency", "submit_error")  # set by the submitter / job wrapper; nothing in the logs  # inside each run folder
+_NOT_DIAGNOSED = tuple(c.value for c in NOT_DIAGNOSED)  # decided by orch itself: nothing in the logs
 
 
 @dataclass
@@ -148,22 +148,18 @@ class Monitor:
             return
         from orchestrator.backends import get_backend
 
-        try:
+        reason = rec.get("state_reason") or "no heartbeat"
+        try:  # tell the wrapper why it is being stopped: a stall is retried, a cancel never is
+            run.paths.cancel_request.write_text(f"stalled: {reason}\n")
             get_backend(rec.get("backend") or spec.backend).cancel([job_id])
         except OrchError as exc:
             self.emit("backend_unavailable", run, summary=f"could not stop the stalled job: {exc.message}")
             return
-
-        def mutate(r: dict[str, Any]) -> None:
-            att = current_attempt(r)
-            if not att or att.get("n") != n or att.get("ended_at") or r.get("state") != str(State.STALLED):
-                return  # the job wrapper recorded an outcome (or requeued) itself
-            att.update(ended_at=now_iso(), state=str(State.FAILED), cause="stalled")
-            r["state"] = str(State.FAILED)
-            r["ended_at"] = att["ended_at"]
-            r["failure"] = {"class": "stalled", "summary": rec.get("state_reason") or "no heartbeat"}
-        run.update(mutate)
-        self.emit("killed_stalled", run, attempt=n, summary=f"stopped stalled job {job_id} ({rec.get('state_reason')})")
+        except OSError as exc:
+            self.emit("stop_failed", run, summary=f"could not stop the stalled job: {exc}")
+            return
+        record.stop_stalled(run, n, reason)  # unless the wrapper recorded the outcome itself
+        self.emit("killed_stalled", run, attempt=n, summary=f"stopped stalled job {job_id} ({reason})")
 
     # -- ended runs ----------------------------------------------------------------------
     def handle_ended(self, run: Run) -> None:
@@ -216,7 +212,7 @@ class Monitor:
             if notified:
                 m["notified_attempt"] = n
             m.update(extra)
-        run.update(mutate)
+        run.annotate(mutate)
 
     def apply_retry(self, run: Run, n: int, d: Diagnosis) -> bool:
         """Resubmit per `retry:`; True when this attempt needs no further attention."""
@@ -255,7 +251,10 @@ class Monitor:
         from orchestrator.lifecycle.submit import resubmit
 
         try:
-            job_id = resubmit(run, reason=f"retry after {d.cls} (attempt {n})")
+            job_id = resubmit(run, reason=f"retry after {d.cls} (attempt {n})", after_attempt=n)
+        except IllegalTransition as exc:  # `orch resume` (or another monitor) got there first
+            self.emit("retry_skipped", run, attempt=n, **{"class": d.cls}, summary=exc.message)
+            return True
         except OrchError as exc:
             self.emit("retry_failed", run, attempt=n, **{"class": d.cls}, summary=exc.message)
             return True
@@ -285,7 +284,7 @@ class Monitor:
         self._specs.pop(run.run_id, None)
         change = {"attempt": n, "reason": "oom", "batch_size": [bs, bs // 2], "grad_accum": [ga, ga * 2],
                   "at": now_iso()}
-        run.update(lambda rec: rec.setdefault("adjustments", []).append(change))
+        run.annotate(lambda rec: rec.setdefault("adjustments", []).append(change))
         self.emit("oom_halved", run, attempt=n,
                   summary=f"batch_size {bs} -> {bs // 2}, grad_accum {ga} -> {ga * 2} (same global batch)")
 
@@ -323,8 +322,7 @@ class Monitor:
 
 
 def _attempt_n(run: Run) -> int:
-    att = current_attempt(run.record)
-    return int(att.get("n") or 0) if att else 0
+    return attempt_n(run.record)
 
 
 def _ended_ts(rec: dict[str, Any]) -> Optional[float]:

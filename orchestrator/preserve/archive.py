@@ -19,6 +19,8 @@ from typing import IO, Iterator
 from orchestrator.errors import UserError
 from orchestrator.preserve.manifest import CHUNK, MANIFEST_NAME, Verification, parse_manifest, walk_files
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst")
+
 
 def _fmt(path: Path) -> str:
     name = path.name

@@ -226,14 +226,10 @@ def walk_files(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
                     yield rel, entry
 
 
-def verify_bundle(bundle: Path) -> Verification:
-    """Compare every file of a bundle folder with its manifest."""
+def verify_folder(bundle: Path) -> Verification:
+    """Compare every file of a bundle folder with its manifest (archives: `preserve.verify`)."""
     bundle = Path(bundle)
     if not bundle.is_dir():
-        if bundle.exists() and bundle.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst")):
-            from orchestrator.preserve.archive import verify_archive
-
-            return verify_archive(bundle)
         raise UserError(f"{bundle} is not a bundle folder", hint="pass the folder `orch preserve` printed")
     expected = read_manifest(bundle)
     result = Verification(bundle)

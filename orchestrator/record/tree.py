@@ -1,29 +1,24 @@
 """The results tree: creating runs, finding them, and updating their `run.json` safely.
 
 `results/<name>/<run_id>/` holds one run. `run.json` is the run's record: state, attempts (with
-backend job ids), timestamps, host, exit codes, stop reason, failure class. Every update is a
-read-modify-write under a per-run lock followed by an atomic rename, so the job wrapper, the
-CLI and `orch monitor` can all touch it at once.
+backend job ids), timestamps, host, exit codes, stop reason, failure class; its one writer is
+`orchestrator.record.record` (typed, named transitions under the run's lock). This module makes
+run folders and finds them.
 """
 from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.record.atomicio import atomic_write_json, dir_lock, read_json
+from orchestrator.record.atomicio import atomic_write_json, read_json
+from orchestrator.record.record import create
 from orchestrator.errors import RunNotFound, UserError
 from orchestrator.record.paths import RunPaths, check_name, inside
 from orchestrator.record.states import State
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def new_run_id(name: str, when: float | None = None) -> str:
@@ -68,21 +63,12 @@ class Run:
     def attempts(self) -> list[dict[str, Any]]:
         return self.record.setdefault("attempts", [])
 
-    def update(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Apply `mutate` to run.json under the run's lock and write it back atomically."""
-        with dir_lock(self.paths.dir):
-            rec = read_json(self.paths.run_json, default={}) or {}
-            mutate(rec)
-            rec["updated_at"] = now_iso()
-            atomic_write_json(self.paths.run_json, rec)
-        self._record = rec
-        return rec
+    def annotate(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Change run.json keys other than the state under the run's lock (see record.annotate);
+        state changes go through the named transitions of `orchestrator.record.record`."""
+        from orchestrator.record.record import annotate
 
-    def set_state(self, state: State, **fields: Any) -> dict[str, Any]:
-        def mutate(rec: dict[str, Any]) -> None:
-            rec["state"] = str(state)
-            rec.update(fields)
-        return self.update(mutate)
+        return annotate(self, mutate)
 
 
 class ResultsRoot:
@@ -121,16 +107,7 @@ class ResultsRoot:
         for rel, text in (files or {}).items():
             with open(paths.root / rel, "x", encoding="utf-8") as fh:
                 fh.write(text)
-        rec = {
-            "run_id": rid,
-            "name": name,
-            "state": str(State.PENDING),
-            "created_at": now_iso(),
-            "created_ns": time.time_ns(),  # orders runs made within the same second
-            "created_by": f"{os.environ.get('USER', '?')}@{socket.gethostname()}",
-            "attempts": [],
-            **record,
-        }
+        rec = create(rid, name, **record).to_dict()
         # Atomic (rename) but not fsynced: a 1,000-run sweep would spend seconds in fsync, and a
         # folder whose run.json never landed is simply not listed.
         atomic_write_json(paths.run_json, rec, fsync=False)

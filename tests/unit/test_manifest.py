@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, hash_file, parse_manifest, render_manifest,
-                                   verify_bundle)
+from orchestrator.preserve.manifest import MANIFEST_NAME, copy_hashed, hash_file, parse_manifest, render_manifest
+from orchestrator.preserve.verify import verify_bundle
 
 
 def _bundle(tmp_path: Path) -> Path:

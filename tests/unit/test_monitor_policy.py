@@ -6,7 +6,8 @@ from pathlib import Path
 
 from orchestrator.record.atomicio import read_jsonl
 from orchestrator.monitor.monitor import Monitor
-from orchestrator.record.tree import ResultsRoot, Run, now_iso
+from orchestrator.record.record import now_iso
+from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.spec.schema import Spec, spec_to_yaml
 
 TB = 'Traceback (most recent call last):\n  File "/x/model.py", line 3, in f\n    g()\nKeyError: \'x\'\n'

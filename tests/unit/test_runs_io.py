@@ -101,7 +101,7 @@ def test_run_update_is_serialized_across_processes(tmp_path: Path) -> None:
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from orchestrator.record.tree import Run\nfrom orchestrator.record.paths import RunPaths\nfrom pathlib import Path\n"
             "r = Run(RunPaths(Path(%r)))\n"
-            "for _ in range(50): r.update(lambda rec: rec.__setitem__('counter', rec['counter'] + 1))\n"
+            "for _ in range(50): r.annotate(lambda rec: rec.__setitem__('counter', rec['counter'] + 1))\n"
             ) % (str(Path(__file__).parents[2]), str(run.paths.root))
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
     assert all(p.wait() == 0 for p in procs)

@@ -201,7 +201,7 @@ class TrainerContext:
     def record(self, **fields: Any) -> None:
         """Merge fields (stop_reason, params, ...) into run.json, under its lock (main process only)."""
         if self.is_main and self.paths.run_json.exists():
-            self.run.update(lambda rec: rec.update(fields))
+            self.run.annotate(lambda rec: rec.update(fields))
 
     def beat_due(self) -> bool:
         """Whether a heartbeat would be written now (checked first, so a step builds no progress dict)."""

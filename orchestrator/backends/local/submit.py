@@ -16,7 +16,8 @@ import time
 from typing import Optional, Sequence
 
 from orchestrator.record.atomicio import atomic_write_text
-from orchestrator.record.attempts import abandon_attempt, open_attempt, set_job_id
+from orchestrator.record import record
+from orchestrator.record.record import attempt_n
 from orchestrator.record.states import State
 from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
 
@@ -104,7 +105,7 @@ class LocalBackend(Backend):
             paths = item.run.paths
             atomic_write_text(paths.job_script, script)
             paths.logs.mkdir(parents=True, exist_ok=True)
-            n = open_attempt(item.run, self.name)
+            n = record.submit(item.run, self.name) if item.run.state == State.PENDING else attempt_n(item.run.record)
             try:
                 with open(paths.scheduler_log, "ab") as out:
                     proc = subprocess.Popen(
@@ -113,10 +114,10 @@ class LocalBackend(Backend):
                         start_new_session=True, close_fds=True,
                     )
             except OSError as exc:
-                abandon_attempt(item.run, n, f"could not start the job: {exc}")
+                record.submit_failed(item.run, self.name, f"could not start the job: {exc}", n=n)
                 raise
             job_id = make_job_id(proc.pid)
-            set_job_id(item.run, n, job_id)
+            record.set_job_id(item.run, n, job_id)
             ids.append(job_id)
         return ids
 

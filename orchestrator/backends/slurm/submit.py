@@ -11,24 +11,22 @@ job) per refresh, through a cache file shared by all orch processes of the user,
 more than one query per `query_interval` reaches slurmctld however many `orch status`
 loops run. The run folder's own markers (written by the job wrapper) cover the rest.
 
-Requeue: the job wrapper calls `requeue_current_job()` when the trainer exits 75 within
-the retry budget; `scontrol requeue` puts the same job id (array task `<job>_<task>`) back
-in the queue and the next start is a new attempt in run.json (SLURM_RESTART_COUNT).
+Requeue is the job side's (`slurm/job.py`): `scontrol requeue` puts the same job id (array task
+`<job>_<task>`) back in the queue and the next start is a new attempt in run.json.
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from orchestrator.record.atomicio import atomic_write_text
-from orchestrator.record.attempts import abandon_attempt, open_attempt
+from orchestrator.record import record
 from orchestrator.spec.profile import ClusterProfile, load_profile
 from orchestrator.errors import OrchError
-from orchestrator.record.tree import Run, now_iso
+from orchestrator.record.tree import Run
 from orchestrator.record.states import State
 from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
 from orchestrator.backends.slurm.cli import SharedCache, SlurmCLI, SlurmCommandError, prune_jobs
@@ -212,34 +210,14 @@ class SlurmBackend(Backend):
 
 
 def record_submitted(run: Run, backend: str, job_id: str) -> None:
-    """Record the attempt a job id starts, in one run.json update, whoever gets there first.
-
-    One write per run after sbatch (a 1,000-run sweep pays 1,000 updates, not 2,000). A job
-    can start before this write lands; the job wrapper then has already opened the attempt
-    with the same job id (from SLURM_* variables), and this only adds when it was submitted.
-    """
-    now = now_iso()
-
-    def mutate(rec: dict[str, Any]) -> None:
-        attempts = rec.setdefault("attempts", [])
-        last = attempts[-1] if attempts else None
-        rec["backend"] = backend
-        if last is not None and last.get("job_id") == job_id:
-            last.setdefault("submitted_at", now)  # the job started first
-            return
-        attempts.append({"n": len(attempts) + 1, "backend": backend, "job_id": job_id, "submitted_at": now,
-                         "reason": "submit" if not attempts else "resubmit"})
-        rec["state"] = str(State.QUEUED)
-        for key in ("exit_code", "failure", "ended_at", "pending_reason"):
-            rec.pop(key, None)
-
-    run.update(mutate)
+    """One run.json update per run after sbatch (a 1,000-run sweep pays 1,000 updates, not 2,000);
+    a job that started first has already recorded the same job id (record.submitted knows)."""
+    record.submitted(run, backend, job_id)
 
 
 def record_unsubmitted(run: Run, backend: str, error: str) -> None:
     """A run whose sbatch failed (or never happened): FAILED with the reason, no job id."""
-    n = open_attempt(run, backend)
-    abandon_attempt(run, n, error)
+    record.submit_failed(run, backend, error)
 
 
 def parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -269,38 +247,6 @@ def parse_sbatch(out: str) -> str:
     if not job_id.isdigit():
         raise SlurmCommandError(f"sbatch printed no job id: {out!r}")
     return job_id
-
-
-def requeue_current_job() -> bool:
-    """Called by the job wrapper inside a job: put this job back in the queue.
-
-    Uses the `<array job>_<task>` form inside arrays (the array's own SLURM_JOB_ID would
-    requeue a different task's record). Returns False (and says why on stderr) when Slurm
-    refuses, so the wrapper records the attempt as ended instead of requeued.
-    """
-    job_id = current_job_id()
-    if not job_id:
-        print("orch: not inside a Slurm job (no SLURM_JOB_ID); cannot requeue", file=sys.stderr)
-        return False
-    try:
-        SlurmCLI().run(["scontrol", "requeue", job_id], timeout=30)
-    except OrchError as exc:
-        print(f"orch: scontrol requeue {job_id} failed: {exc.message}", file=sys.stderr)
-        return False
-    return True
-
-
-def current_job_id() -> Optional[str]:
-    """This job's id as Slurm's commands want it: `<array job>_<task>` in arrays, else the job id.
-
-    submitit's SlurmJobEnvironment reads the SLURM_* variables (array ids, node list, ranks)
-    the way Slurm documents them; it earns its place here, inside the job.
-    """
-    if not os.environ.get("SLURM_JOB_ID"):
-        return None
-    from submitit.slurm.slurm import SlurmJobEnvironment
-
-    return SlurmJobEnvironment().job_id
 
 
 def _num(job_id: str) -> tuple[int, str]:
