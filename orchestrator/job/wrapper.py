@@ -130,7 +130,7 @@ class JobWrapper:
         announced = False
         while True:
             for i in range(limit):
-                fd = os.open(root / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(root / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o666)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     self._slot_fd = fd  # released by the kernel when this process ends

@@ -290,7 +290,7 @@ def planned_manifest(plan: Plan) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ building
 def _write_new(dst: Path, data: bytes) -> str:
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         view = memoryview(data)
         while view:

@@ -83,7 +83,7 @@ def copy_hashed(src: Path, dst: Path, *, link: bool = False) -> tuple[str, str]:
 
 def _try_link(src_fd: int, src: Path, dst: Path) -> str | None:
     try:
-        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError:
         return None
     try:
@@ -104,7 +104,7 @@ def _copy_fd(src_fd: int, dst: Path) -> str:
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         while True:
             n = os.readv(src_fd, [view])

@@ -15,8 +15,44 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+_UMASK: int | None = None
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask(0) would race with other threads)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"Umask:"):
+                        _UMASK = int(line.split()[1], 8)
+                        break
+        except OSError:
+            pass
+        if _UMASK is None:  # no /proc: the classic way, once, at first use
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def set_umask(mask: int) -> None:
+    """Change the process umask (a cluster profile's `umask:`) and what current_umask() reports."""
+    global _UMASK
+    os.umask(mask)
+    _UMASK = mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open()` would give a new file: 0644 under umask 022, 0664 under 002."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> None:
-    """Replace `path` with `data` atomically (same-directory temp file, then rename)."""
+    """Replace `path` with `data` atomically (same-directory temp file, then rename).
+
+    The file gets the mode the umask gives a new file (mkstemp's own 0600 would hide run folders
+    and bundles from the rest of a team)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,6 +60,7 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -57,10 +94,10 @@ def append_jsonl(path: Path | str, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write() so concurrent appenders do not interleave."""
     line = (json.dumps(record, default=str, allow_nan=True) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except FileNotFoundError:  # the first line of a file in a folder not made yet (eval/, logs/)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         os.write(fd, line)
     finally:
@@ -150,7 +187,7 @@ def file_lock(path: Path | str, *, blocking: bool = True) -> Iterator[bool]:
     """An advisory flock held for the block; yields False when non-blocking and taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
         try:
