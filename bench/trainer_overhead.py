@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.record.atomicio import read_jsonl  # noqa: E402
 from orchestrator.record.tree import ResultsRoot  # noqa: E402
 from orchestrator.spec.schema import Spec, spec_to_yaml  # noqa: E402
+from trainers.lm.config import LMSpec  # noqa: E402
 from trainers.lm.data import BlockSampler, tokenize_to_memmap  # noqa: E402
 from trainers.lm.trainer import build_optimizer, lr_at  # noqa: E402
 from trainers.lm.models import build_model  # noqa: E402
 
 
 def make_spec(args: argparse.Namespace) -> Spec:
-    return Spec.model_validate({
+    return LMSpec.model_validate({
         "name": "bench", "seed": 1337,
         "model": {"arch": "gpt2", "n_layer": args.layers, "n_head": 4, "d_model": args.d_model,
                   "max_seq_len": args.block, "dropout": 0.0},

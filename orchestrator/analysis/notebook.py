@@ -56,7 +56,9 @@ def _run_row(d: RunData) -> dict[str, Any]:
     for section in ("final", "best"):
         values = d.final() if section == "final" else d.best()
         row.update({f"{section}.{k}": v for k, v in values.items() if is_number(v) or isinstance(v, str)})
-    for key in ("model", "train", "data", "tokenizer"):
+    from orchestrator.spec.sections import Spec
+
+    for key in ["train"] + [k for k in d.spec if k not in Spec.model_fields]:  # and the trainer's own sections
         block = d.spec.get(key)
         if isinstance(block, dict):
             row.update({f"spec.{key}.{k}": v for k, v in flatten(block).items()

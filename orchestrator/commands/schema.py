@@ -1,4 +1,4 @@
-"""`orch schema`: the spec's JSON Schema, for editors and validation in CI."""
+"""`orch schema [--trainer NAME]`: a trainer's spec JSON Schema, for editors and validation in CI."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,17 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trainer", default="lm", help="the schema for this trainer's spec (lm, latentwire)")
+    p.add_argument("--trainer", metavar="NAME",
+                   help="a registered trainer or 'package.module:Class' (default: the default trainer)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.spec.schema import spec_class_for
+    from orchestrator.errors import UserError
+    from orchestrator.spec.registry import UnknownTrainer, default_name, lookup
 
-    print(json.dumps(spec_class_for(args.trainer).model_json_schema(), indent=2))
+    try:
+        info = lookup(args.trainer if args.trainer is not None else default_name())
+    except UnknownTrainer as exc:
+        raise UserError(exc.message, hint=exc.hint) from None
+    print(json.dumps(info.spec_class.model_json_schema(), indent=2))
     return 0

@@ -22,6 +22,7 @@ from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
 from orchestrator.lifecycle.provenance import collect
 from orchestrator.record.tree import ResultsRoot, Run, new_run_id
+from orchestrator.spec.registry import lookup
 from orchestrator.spec.schema import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
 from orchestrator.record.states import State
 
@@ -34,29 +35,46 @@ class PlannedGroup:
     deps: list[Run] = field(default_factory=list)
 
 
-PATH_KEYS = (("data", "path"), ("tokenizer", "name_or_path"), ("model", "init_from"), ("model", "decoder"),
-             ("resources", "template"))
+def _get(model: Any, key: str) -> Any:
+    for part in key.split("."):
+        model = getattr(model, part, None)
+    return model
 
 
-def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str]) -> Spec:
-    """Make local paths absolute, since the job may run elsewhere.
+def _with(model: Any, key: str, value: Any) -> Any:
+    """A copy of `model` with the dotted `key` set (each section on the way copied, not mutated)."""
+    head, _, rest = key.partition(".")
+    return model.model_copy(update={head: _with(getattr(model, head), rest, value) if rest else value})
 
-    A path written in the spec file is relative to that file; one given with `--set` is relative to
-    the current directory, as any command-line path is. Hub ids (no such local path) are left alone.
+
+def _is_written_as_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str], origin: Path) -> Spec:
+    """Make local paths absolute, since the job may run elsewhere; missing inputs are errors.
+
+    Which keys are paths is the trainer's to say (`TrainerInfo.paths`: always local files, which
+    must exist; `paths_or_ids`: a local path or a hub id); `resources.template` is the control
+    plane's own. A path written in the spec file is relative to that file; one given with `--set`
+    is relative to the current directory, as any command-line path is.
     """
-    updates: dict[str, Any] = {}
-    for section, key in PATH_KEYS:
-        value = getattr(getattr(spec, section), key, None)
-        if not value or Path(value).is_absolute():
+    info = lookup(spec.trainer)
+    hint = "a path in the spec is relative to the spec file; one given with --set, to the current directory"
+    for key, must_exist in [(k, True) for k in info.paths] + [(k, False) for k in info.paths_or_ids] + \
+            [("resources.template", False)]:
+        value = _get(spec, key)
+        if not isinstance(value, str) or not value:
             continue
-        base = Path.cwd() if f"{section}.{key}" in overridden else spec_dir
-        candidate = (base / value).resolve()
-        if key == "path" or candidate.exists():  # data.path is always local; the others may be hub ids
-            current = updates.get(section, getattr(spec, section))
-            updates[section] = current.model_copy(update={key: str(candidate)})
+        base = Path.cwd() if key in overridden else spec_dir
+        candidate = (base / Path(value).expanduser()).resolve()
+        if candidate.exists() or must_exist:
+            spec = _with(spec, key, str(candidate))
+        if not candidate.exists() and (must_exist or _is_written_as_path(value)):
+            raise UserError(f"{origin}: {key}: {candidate} does not exist", hint=hint)
     if not Path(spec.preserve.dest).is_absolute():  # an output folder: relative to where you submit, like results/
-        updates["preserve"] = spec.preserve.model_copy(update={"dest": str((Path.cwd() / spec.preserve.dest).resolve())})
-    return spec.model_copy(update=updates) if updates else spec
+        spec = _with(spec, "preserve.dest", str((Path.cwd() / spec.preserve.dest).resolve()))
+    return spec
 
 
 def _resolve_after(refs: list[str], root: ResultsRoot, made: dict[str, list[Run]]) -> list[Run]:
@@ -103,10 +121,7 @@ def plan(
             provenance_cache[file] = collect(file, argv)
         items: list[SubmitItem] = []
         for r in resolved:
-            spec = _absolutize(r.spec, base, overridden)
-            if spec.data.path and not Path(spec.data.path).exists():
-                raise UserError(f"{file}: data.path: {spec.data.path} does not exist",
-                                hint="a path in the spec is relative to the spec file; one given with --set, to the current directory")
+            spec = _absolutize(r.spec, base, overridden, file)
             record = {
                 "spec_file": str(file.resolve()),
                 "sweep_id": sweep_id,

@@ -246,8 +246,8 @@ class Monitor:
                 self.emit("retry_scheduled", run, attempt=n, **{"class": d.cls},
                           summary=f"retry in {due - self.now():.0f}s (back-off {delay:.0f}s)")
             return False
-        if d.cls == "oom" and retry.oom_halve_batch:
-            self.halve_batch(run, n)
+        if d.cls == "oom" and retry.oom_halve_batch and not self.halve_batch(run, n):
+            return True
         from orchestrator.lifecycle.submit import resubmit
 
         try:
@@ -266,27 +266,38 @@ class Monitor:
                           f"resumes from its newest checkpoint")
         return True
 
-    def halve_batch(self, run: Run, n: int) -> None:
-        """After an OOM: halve train.batch_size and double grad_accum (same global batch) in spec.yaml."""
-        import yaml
+    def halve_batch(self, run: Run, n: int) -> bool:
+        """After an OOM: halve train.batch_size and double grad_accum (same global batch) in spec.yaml.
 
-        from orchestrator.spec.schema import Spec
+        The result is validated with the run's own schema (its trainer's, from the registry). True
+        when the retry may go ahead; False, after a `retry_failed` event saying why, when the spec
+        could not be changed (the pass goes on; the caller marks the attempt handled).
+        """
+        from orchestrator.spec.schema import spec_from_data, spec_to_yaml
+        from orchestrator.spec.yamlpos import safe_load
 
-        data = yaml.safe_load(run.paths.spec.read_text(encoding="utf-8")) or {}
-        train = data.setdefault("train", {})
-        bs, ga = int(train.get("batch_size", 12)), int(train.get("grad_accum", 1))
-        if bs <= 1:
-            self.emit("oom_halved", run, attempt=n, summary="batch_size is already 1: retrying unchanged")
-            return
-        train["batch_size"], train["grad_accum"] = bs // 2, ga * 2
-        Spec.model_validate(data)  # still a valid spec
-        atomic_write_text(run.paths.spec, yaml.safe_dump(data, sort_keys=False))
+        try:
+            data = safe_load(run.paths.spec.read_text(encoding="utf-8")) or {}
+            train = data.setdefault("train", {})
+            bs, ga = int(train.get("batch_size", 12)), int(train.get("grad_accum", 1))
+            if bs <= 1:
+                self.emit("oom_halved", run, attempt=n, summary="batch_size is already 1: retrying unchanged")
+                return True
+            train["batch_size"], train["grad_accum"] = bs // 2, ga * 2
+            spec = spec_from_data(data, str(run.paths.spec))  # still a valid spec for this trainer
+            atomic_write_text(run.paths.spec, spec_to_yaml(spec))
+        except Exception as exc:  # noqa: BLE001 - one run's bad spec must never end the pass for all runs
+            text = exc.render() if isinstance(exc, OrchError) else f"{type(exc).__name__}: {exc}"
+            self.emit("retry_failed", run, attempt=n, **{"class": "oom"},
+                      summary=f"could not halve the batch for the retry: {text}")
+            return False
         self._specs.pop(run.run_id, None)
         change = {"attempt": n, "reason": "oom", "batch_size": [bs, bs // 2], "grad_accum": [ga, ga * 2],
                   "at": now_iso()}
         run.annotate(lambda rec: rec.setdefault("adjustments", []).append(change))
         self.emit("oom_halved", run, attempt=n,
                   summary=f"batch_size {bs} -> {bs // 2}, grad_accum {ga} -> {ga * 2} (same global batch)")
+        return True
 
     def on_completed(self, run: Run, n: int) -> None:
         from orchestrator.checks.judge import check_and_record

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator.analysis.rundata import RunData, flatten, is_number
 
-_CONFIG_SECTIONS = ("model", "tokenizer", "data", "train", "eval", "checkpoint", "early_stopping", "resources")
+# The control plane's sections shown as configuration; a trainer's own sections (any other mapping) come first.
+_CONFIG_SECTIONS = ("train", "eval", "checkpoint", "early_stopping", "resources")
 _THROUGHPUT = re.compile(r"(tokens?_per_s|tok_s|samples_per_s|throughput|it_per_s|step_time)", re.I)
 _MEMORY = re.compile(r"(mem|memory)", re.I)
 _SKIP_DIAG = {"step", "epoch", "time", "timestamp", "elapsed", "attempt"}
@@ -48,7 +49,10 @@ def _config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
     for key in ("name", "trainer", "description", "seed", "backend", "tags"):
         if spec.get(key) not in (None, "", []):
             rows.append((key, spec[key]))
-    for section in _CONFIG_SECTIONS:
+    from orchestrator.spec.sections import Spec
+
+    trainer_sections = [k for k in spec if k not in Spec.model_fields]
+    for section in trainer_sections + list(_CONFIG_SECTIONS):
         block = spec.get(section)
         if isinstance(block, Mapping):
             rows += [(f"{section}.{k}", v) for k, v in flatten(block).items() if v not in (None, [], {}, "")]

@@ -3,14 +3,30 @@
 It proves the contract: three methods (setup, train_step, evaluate) and the framework adds
 checkpoints, resume, signals, early stopping, budgets, logging and heartbeats. The data is a
 fixed random linear map; the data position is a step counter, so resume is exact.
+
+It brings its own schema (`config_class = ToySpec`): a `toy:` section that `orch submit`
+validates with file:line errors, like a built-in trainer's sections.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from orchestrator.spec.sections import Section, Spec
 from trainers.framework.base import Trainer
+
+
+class ToySection(Section):
+    width: int = Field(8, ge=1, description="the size of the linear map to learn")
+    batch: int = Field(16, ge=1, description="examples per step")
+
+
+class ToySpec(Spec):
+    """The control plane's sections plus `toy:`."""
+
+    toy: ToySection = Field(default_factory=ToySection)
 
 
 class BatchPosition:
@@ -27,11 +43,13 @@ class BatchPosition:
 
 
 class TinyRegressionTrainer(Trainer):
-    """Fit y = W x with a linear layer; `config: {dim: 8, batch: 16}` in the spec."""
+    """Fit y = W x with a linear layer; `toy: {width: 8, batch: 16}` in the spec."""
+
+    config_class = ToySpec
+    metrics = ("loss", "val_loss")
 
     def setup(self) -> None:
-        cfg = self.spec.config
-        self.dim, self.batch = int(cfg.get("dim", 8)), int(cfg.get("batch", 16))
+        self.dim, self.batch = self.spec.toy.width, self.spec.toy.batch
         torch.manual_seed(self.spec.seed)
         self.target = torch.randn(self.dim, self.dim)
         model = torch.nn.Linear(self.dim, self.dim, bias=False)

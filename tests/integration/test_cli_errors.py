@@ -27,6 +27,9 @@ CASES = [
     ("bad-arch", OK.replace("arch: gpt2", "arch: gpt5"), [], ["model.arch", "'gpt2', 'llama' or 'mistral'"]),
     ("missing-trainer", OK + "trainer: lmm\n", [], ["s.yaml:5", "unknown trainer 'lmm'", "did you mean 'lm'"]),
     ("trainer-not-importable-form", OK + "trainer: 'os.system(1)'\n", [], ["unknown trainer"]),
+    ("trainer-module-missing", OK + "trainer: nosuchpkg.train:Trainer\n", [], ["s.yaml:5", "cannot import nosuchpkg.train"]),
+    ("set-trainer-unknown", OK, ["--set", "trainer=latentwir"], ["--set", "unknown trainer 'latentwir'", "did you mean 'latentwire'"]),
+    ("other-trainers-section", OK + "loss: {tf_weight: 1}\n", [], ["s.yaml:5", "loss: unknown key"]),
     ("bad-sweep-key", OK + "sweep: {grid: {model.d_modle: [16, 32]}}\n", [], ["s.yaml:5", "sweep key 'model.d_modle'", "did you mean 'd_model'"]),
     ("sweep-values-not-list", OK + "sweep: {grid: {model.d_model: 16}}\n", [], ["non-empty list"]),
     ("sweep-bad-value", OK + "sweep: {grid: {model.d_model: [16, big]}}\n", [], ["sweep point 1", "model.d_model"]),
@@ -89,6 +92,12 @@ def test_unknown_run_and_bad_flags(orch: Orch) -> None:
     assert "error:" in res.stderr and "Traceback" not in res.stderr
     res = orch("frobnicate", check=2)
     assert "invalid choice" in res.stderr
+
+
+def test_schema_of_an_unknown_trainer_lists_the_known_ones(orch: Orch) -> None:
+    res = orch("schema", "--trainer", "nope", check=2)
+    assert "unknown trainer 'nope'" in res.stderr and "registered: latentwire, lm" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_dry_run_shows_resolved_spec_and_script(orch: Orch, tmp_path: Path) -> None:

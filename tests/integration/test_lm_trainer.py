@@ -20,7 +20,7 @@ import yaml
 from orchestrator.record.atomicio import read_json, read_jsonl
 from orchestrator.record.paths import RunPaths
 from orchestrator.record.tree import ResultsRoot
-from orchestrator.spec.schema import Spec, deep_merge, spec_to_yaml
+from orchestrator.spec.schema import deep_merge, spec_from_data, spec_to_yaml
 from orchestrator.record.states import EXIT_REQUEUE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,9 +39,9 @@ BASE: dict[str, Any] = {
 }
 
 
-def make_run(results: Path, **over: Any) -> RunPaths:
+def make_run(results: Path, base: dict[str, Any] = BASE, **over: Any) -> RunPaths:
     """A run folder as `orch submit` leaves it: resolved spec.yaml + run.json."""
-    spec = Spec.model_validate(deep_merge(BASE, over))
+    spec = spec_from_data(deep_merge(base, over), "make_run")  # the trainer's own schema, as at submit
     run = ResultsRoot(results).create_run(spec.name, {"backend": "local"})
     run.paths.spec.write_text(spec_to_yaml(spec))
     return run.paths
@@ -86,7 +86,7 @@ def wait_for(predicate: Any, proc: subprocess.Popen[str], timeout: float = 120) 
 def set_spec(paths: RunPaths, **over: Any) -> None:
     """Change the budget of an existing run (as a user extending a run would)."""
     data = deep_merge(yaml.safe_load(paths.spec.read_text()), over)
-    paths.spec.write_text(spec_to_yaml(Spec.model_validate(data)))
+    paths.spec.write_text(spec_to_yaml(spec_from_data(data, "set_spec")))
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +272,9 @@ def test_generation_from_checkpoint_is_deterministic_at_temperature_0(finished: 
 
 
 def test_custom_trainer_gets_the_same_services(tmp_path: Path) -> None:
-    paths = make_run(tmp_path, name="custom", trainer="tests.integration.example_trainer:TinyRegressionTrainer",
-                     config={"dim": 8}, train={"max_steps": 60, "lr": 0.05, "log_every": 10},
+    base = {k: v for k, v in BASE.items() if k not in ("model", "tokenizer", "data", "eval")}  # no lm sections
+    paths = make_run(tmp_path, base, name="custom", trainer="tests.integration.example_trainer:TinyRegressionTrainer",
+                     toy={"width": 8}, train={"max_steps": 60, "lr": 0.05, "log_every": 10},
                      eval={"every": 20}, checkpoint={"every": 20, "keep_last": 2})
     train(paths)
     m = read_json(paths.metrics)
@@ -289,7 +290,8 @@ def test_custom_trainer_gets_the_same_services(tmp_path: Path) -> None:
 
 
 def test_broken_spec_exits_1_with_traceback(tmp_path: Path) -> None:
-    paths = make_run(tmp_path, trainer="tests.integration.no_such_module:Nope")
+    paths = make_run(tmp_path)
+    paths.spec.write_text(paths.spec.read_text().replace("trainer: lm", "trainer: tests.integration.no_such_module:Nope"))
     proc = start(paths)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1

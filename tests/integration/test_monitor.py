@@ -41,6 +41,8 @@ def spec_file(tmp: Path, name: str, **over: Any) -> Path:
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value
+    if spec["trainer"] != FAULTY:
+        del spec["config"]  # the faulty trainer's own section (FaultySpec)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

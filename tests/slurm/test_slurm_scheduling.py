@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slurm
 
 BASE = """\
 name: {name}
-trainer: lm
+trainer: stub_trainer:TRAINER
 backend: slurm
 resources: {{cpus_per_task: 1, mem: 500M, time: "00:05:00"}}
 retry: {{max_attempts: 1}}

@@ -14,13 +14,14 @@ from orchestrator.record.atomicio import append_jsonl, atomic_write_json
 from orchestrator.checks.judge import (Records, build_metrics, check_run, evaluate_check, flatten,
                                  verify_checkpoint)
 from orchestrator.record.tree import ResultsRoot, Run
-from orchestrator.spec.schema import Spec, spec_to_yaml
+from orchestrator.spec.schema import spec_to_yaml
+from trainers.lm.config import LMSpec
 
 
 def make_run(root: Path, checks: list, state: str = "COMPLETED", *, losses=None, evals=None, metrics=None,
              name: str = "demo", **spec_kw) -> Run:
     run = ResultsRoot(root).create_run(name, {"state": state, "attempts": [{"n": 1}]})
-    run.paths.spec.write_text(spec_to_yaml(Spec(name=name, checks=checks, **spec_kw)))
+    run.paths.spec.write_text(spec_to_yaml(LMSpec(name=name, checks=checks, **spec_kw)))
     for i, loss in enumerate(losses if losses is not None else [3.0, 2.8, 2.5, 2.2, 2.0, 1.9], 1):
         append_jsonl(run.paths.diagnostics, {"step": i * 10, "loss": loss, "grad_norm": 1.0})
     for rec in evals if evals is not None else [{"step": 30, "val_loss": 2.4, "val_ppl": 11.0},

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.spec.schema import DataSpec, TokenizerSpec
+from trainers.lm.config import DataSpec, TokenizerSpec
 from trainers.lm.corpora import BUILTIN_CORPORA, builtin_text
 from trainers.lm.data import (
     BlockSampler,

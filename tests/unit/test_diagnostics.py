@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.spec.schema import ModelSpec
+from trainers.lm.config import ModelSpec
 from trainers.lm.data import iter_eval_batches
 from trainers.lm.diagnostics import (
     effective_rank,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec.schema import ModelSpec
+from trainers.lm.config import ModelSpec
 from trainers.framework.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
 from trainers.lm.models import build_model
 from trainers.lm.tokenization import CharTokenizer

@@ -223,8 +223,12 @@ def test_unknown_keys_and_bad_values_are_spec_errors(tmp_path: Path) -> None:
     text = info.value.render()
     assert "model.latent_lenn" in text and "did you mean 'latent_len'" in text
     assert "model.adapter" in text and "loss.kd_weigth" in text and "eval.modes" in text
-    with pytest.raises(UserError, match="latentwire reads SQuAD"):
-        p.write_text("name: x\ntrainer: latentwire\nmodel: {decoder: d}\ntrain: {max_steps: 5}\n")
+    p.write_text("name: x\ntrainer: latentwire\nmodel: {decoder: d}\ntrain: {max_steps: 5}\n")
+    with pytest.raises(UserError, match="data: required key is missing"):
         load_spec(p)
+    with pytest.raises(UserError, match="data.builtin: unknown key"):  # the lm trainer's corpora are not SQuAD
+        load_spec(p, overrides=["data.builtin=arith"])
+    with pytest.raises(UserError, match="latentwire reads SQuAD: give exactly one of data.path"):
+        load_spec(p, overrides=["data.hub=squad", "data.path=x.json"])
     with pytest.raises(UserError, match="every supervised loss weight is 0"):
         load_spec(p, overrides=["data.hub=squad", "loss.tf_weight=0", "loss.first_token_weight=0"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec.schema import ModelSpec
+from trainers.lm.config import ModelSpec
 from trainers.lm.models import (
     build_model,
     flops_per_token,

@@ -8,7 +8,8 @@ from orchestrator.record.atomicio import read_jsonl
 from orchestrator.monitor.monitor import Monitor
 from orchestrator.record.record import now_iso
 from orchestrator.record.tree import ResultsRoot, Run
-from orchestrator.spec.schema import Spec, spec_to_yaml
+from orchestrator.spec.schema import spec_to_yaml
+from trainers.lm.config import LMSpec
 
 TB = 'Traceback (most recent call last):\n  File "/x/model.py", line 3, in f\n    g()\nKeyError: \'x\'\n'
 
@@ -17,7 +18,7 @@ def failed_run(root: Path, ended_ago: float = 0.0, **spec_kw) -> Run:
     ended = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - ended_ago))
     run = ResultsRoot(root).create_run("p", {"state": "FAILED", "backend": "local", "exit_code": 1, "attempts": [
         {"n": 1, "job_id": "1@1", "started_at": now_iso(), "ended_at": ended, "exit_code": 1, "state": "FAILED"}]})
-    run.paths.spec.write_text(spec_to_yaml(Spec(name="p", **spec_kw)))
+    run.paths.spec.write_text(spec_to_yaml(LMSpec(name="p", **spec_kw)))
     run.paths.stderr(1).write_text(TB)
     return run
 

@@ -23,7 +23,7 @@ PROFILE = ClusterProfile(python="/opt/venv/bin/python", partition="gpu", account
 
 def make_spec(**resources: Any) -> Spec:
     return Spec.model_validate({
-        "name": "demo", "backend": "slurm", "env": {"WANDB_MODE": "offline"},
+        "name": "demo", "trainer": "lm", "backend": "slurm", "env": {"WANDB_MODE": "offline"},
         "resources": {"cpus_per_task": 4, "mem": "16G", "time": "02:00:00", **resources},
     })
 
@@ -69,7 +69,7 @@ def test_spec_values_never_run(tmp_path: Path) -> None:
     """Execute the rendered script (python replaced by echo): nothing in a value runs."""
     pwned = tmp_path / "pwned"
     evil = f"$(touch {pwned})`touch {pwned}`;touch {pwned}"
-    spec = Spec.model_validate({"name": "demo", "env": {"EVIL": evil},
+    spec = Spec.model_validate({"name": "demo", "trainer": "lm", "env": {"EVIL": evil},
                                 "resources": {"partition": evil, "account": evil}})
     profile = ClusterProfile(python="/bin/echo")
     script = render_job(spec, profile, run_id="r", run_dir=tmp_path / f"run {evil}", results_root=tmp_path,

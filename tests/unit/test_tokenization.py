@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec.schema import TokenizerSpec
+from trainers.lm.config import TokenizerSpec
 from trainers.lm.tokenization import CharTokenizer, build_tokenizer, load_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"

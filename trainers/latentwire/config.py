@@ -2,12 +2,16 @@
 
 LatentWire feeds a frozen causal LM K continuous vectors through `inputs_embeds`: a small trained
 encoder compresses a SQuAD context into `model.latent_len` vectors in the decoder's embedding
-space, and the frozen decoder answers the question from them. The spec keeps the lm trainer's
-sections (`data`, `train`, `checkpoint`, `resources`, ...) and replaces three:
+space, and the frozen decoder answers the question from them. Besides the control plane's
+sections (`train`, `checkpoint`, `resources`, ...) a latentwire spec has:
 
 - `model:` (`LatentWireModelSpec`): which frozen decoder, the encoder and adapter, prompt limits.
+- `tokenizer:` (the `lm` trainer's `TokenizerSpec`): for the tiny random decoder, what to train.
+- `data:` (`SquadDataSpec`): a SQuAD JSON file or a hub dataset, and the subset sizes.
 - `loss:` (`LatentWireLossSpec`): one weight per objective, so a collapse fix is a `--set` away.
 - `eval:` (`LatentWireEvalSpec`): which evaluation modes run, decoding, and the collapse alarm.
+
+`TRAINER` is what setup.cfg registers under the entry-point group `orch.trainers`.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.schema import EvalSpec, Section, Spec
+from orchestrator.spec.registry import TrainerInfo
+from orchestrator.spec.sections import EvalSpec, Section, Spec
+from trainers.lm.config import TokenizerSpec
 
 TINY_RANDOM_DECODER = "tiny-random-llama"  # a Llama built from a config: offline smoke tests, no weights
 EVAL_MODES = ("text", "embeddings", "anchor", "latent", "token_budget")
@@ -93,13 +99,36 @@ class LatentWireLossSpec(Section):
         return self
 
 
+class SquadDataSpec(Section):
+    """SQuAD v1.1/v2.0: a local JSON file (split by paragraph) or a hub dataset (its train/validation)."""
+
+    path: Optional[str] = Field(None, description="a SQuAD-layout JSON file, relative to the spec")
+    hub: Optional[str] = Field(None, description="a Hugging Face dataset id: squad, squad_v2")
+    config: Optional[str] = Field(None, description="the hub dataset's config")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="path: the share of paragraphs held out")
+    train_samples: Optional[int] = Field(None, ge=1, description="the first N of a seeded shuffle (null: all)")
+    eval_samples: Optional[int] = Field(None, ge=1)
+    keep_unanswerable: bool = Field(False, description="v2.0: keep questions without an answer")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SquadDataSpec":
+        given = [k for k in ("path", "hub") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("latentwire reads SQuAD: give exactly one of data.path (a SQuAD JSON file) "
+                             "or data.hub (squad, squad_v2)" + (f"; got {', '.join(given)}" if given else ""))
+        return self
+
+
 class LatentWireEvalSpec(EvalSpec):
     """Evaluation modes on one fixed eval subset, greedy decoding by default, and the collapse alarm."""
 
-    modes: list[EvalMode] = Field(default_factory=lambda: list(EVAL_MODES),  # type: ignore[assignment]
+    batch_size: Optional[int] = Field(None, ge=1, description="default: train.batch_size")
+    modes: list[EvalMode] = Field(default_factory=lambda: list(EVAL_MODES),
                                   description="text, embeddings, anchor, latent, token_budget")
     max_new_tokens: int = Field(12, ge=1)
     temperature: float = Field(0.0, ge=0, description="0: greedy (what F1/EM are reported with)")
+    top_k: Optional[int] = Field(200, ge=1, description="sampling (temperature > 0) only")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="sampling (temperature > 0) only")
     collapse_min_diversity: int = Field(4, ge=1, description="fewer unique first tokens per batch than this is collapse")
     collapse_patience: int = Field(50, ge=1, description="steps of collapse before the warning")
 
@@ -115,12 +144,22 @@ class LatentWireEvalSpec(EvalSpec):
 class LatentWireSpec(Spec):
     """A `trainer: latentwire` spec."""
 
-    model: LatentWireModelSpec  # type: ignore[assignment]
-    loss: LatentWireLossSpec = Field(default_factory=LatentWireLossSpec)  # type: ignore[assignment]
+    trainer: str = "latentwire"
+    model: LatentWireModelSpec
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    data: SquadDataSpec
+    loss: LatentWireLossSpec = Field(default_factory=LatentWireLossSpec)
     eval: LatentWireEvalSpec = Field(default_factory=LatentWireEvalSpec)  # type: ignore[assignment]
 
-    @model_validator(mode="after")
-    def _squad_data(self) -> "LatentWireSpec":
-        if self.data.builtin:
-            raise ValueError("latentwire reads SQuAD: set data.path (a SQuAD JSON file) or data.hub (squad, squad_v2)")
-        return self
+
+TRAINER = TrainerInfo(
+    name="latentwire",
+    spec_class=LatentWireSpec,
+    entry="trainers.latentwire.trainer:LatentWireTrainer",
+    description="compressed contexts for a frozen LLM: an encoder's latents read through inputs_embeds",
+    # per-mode sections (text.f1, latent.first_token_acc, ...) in metrics.json; the rest per log/eval step
+    metrics=("loss", "lr", "grad_norm", "tf_loss", "first_loss", "kce_loss", "kd_loss", "entropy", "first_acc",
+             "first_acc_top5", "val_loss", *EVAL_MODES, "text_embeddings_agreement", "latent_len"),
+    paths=("data.path",),
+    paths_or_ids=("tokenizer.name_or_path", "model.decoder"),
+)

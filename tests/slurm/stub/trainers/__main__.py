@@ -3,7 +3,8 @@
 The SLURM tests about arrays, throttles, pipelines and cancel are about the scheduler, not about
 training; starting torch for each of them would cost minutes on a 2-core machine. This stub keeps
 the trainer's contract (exit 0 when done, 75 after a signal once its "checkpoint" is saved,
-resume from that checkpoint) and is driven by the spec's free-form `config:` section:
+resume from that checkpoint) and is driven by the spec's `config:` section (schema: stub_trainer.py,
+selected with `trainer: stub_trainer:TRAINER`):
   config: {seconds: 3, exit_code: 0}
 Tests run `orch` from tests/slurm/stub, so the job's `cd` puts this package first on sys.path.
 """

@@ -1,0 +1,124 @@
+"""The `lm` trainer's spec sections and registry entry (torch-free: `orch submit` validates with them).
+
+`LMSpec` is the control plane's `Spec` plus the sections the language-model trainer reads:
+`model:` (a GPT-2 / Llama / Mistral built from a transformers config), `tokenizer:`, `data:`
+(a local file, a hub dataset or a builtin corpus) and the evaluation extras in `eval:`.
+`TRAINER` is what setup.cfg registers under the entry-point group `orch.trainers`.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from orchestrator.spec.registry import TrainerInfo
+from orchestrator.spec.sections import EvalSpec, Section, Spec
+
+
+class ModelSpec(Section):
+    """A GPT-style model built from a transformers config."""
+
+    arch: Literal["gpt2", "llama", "mistral"] = "gpt2"
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: Optional[int] = Field(None, ge=1)
+    d_model: int = Field(128, ge=1)
+    d_ff: Optional[int] = Field(None, ge=1, description="default 4 * d_model")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    max_seq_len: int = Field(64, ge=2, description="the training window (block size)")
+    sliding_window: Optional[int] = Field(None, ge=1, description="mistral only: sliding-window attention")
+    tie_embeddings: bool = True
+    init_from: Optional[str] = Field(None, description="start from a pretrained model (path or hub id)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelSpec":
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.sliding_window and self.arch != "mistral":
+            raise ValueError("sliding_window needs arch: mistral")
+        return self
+
+
+class TokenizerSpec(Section):
+    """char, a byte-level BPE trained on the train split, or a pretrained tokenizer."""
+
+    type: Literal["char", "bpe", "pretrained"] = "char"
+    vocab_size: int = Field(50257, ge=16, description="bpe: size of the trained vocabulary")
+    name_or_path: Optional[str] = Field(None, description="pretrained: local path or hub id")
+    add_eos: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_needs_name(self) -> "TokenizerSpec":
+        if self.type == "pretrained" and not self.name_or_path:
+            raise ValueError("type: pretrained needs name_or_path (a local path or a hub id)")
+        return self
+
+
+class DataSpec(Section):
+    """Exactly one text source: a local file, a hub dataset, or a corpus shipped with orch."""
+
+    path: Optional[str] = Field(None, description="local text/json/jsonl/parquet file, relative to the spec")
+    hub: Optional[str] = Field(None, description="a Hugging Face dataset id, e.g. wikitext")
+    config: Optional[str] = Field(None, description="the hub dataset's config, e.g. wikitext-2-raw-v1")
+    builtin: Optional[str] = Field(None, description="a corpus shipped with orch (quickstart)")
+    text_field: str = "text"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        given = [k for k in ("path", "hub", "builtin") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one data source: path (a local file), hub (a dataset id) or builtin"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        return self
+
+
+class LMEvalSpec(EvalSpec):
+    """Validation loss on fixed batches, research diagnostics, and samples at the end."""
+
+    batches: int = Field(20, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1, description="default: train.batch_size")
+    length_multiples: list[int] = Field(default_factory=list, description="perplexity at k x the window")
+    effective_rank: bool = False
+    diversity: bool = True
+    prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(200, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: Optional[int] = Field(200, ge=1)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+
+    @field_validator("length_multiples")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v):
+            raise ValueError("length multiples must be >= 1")
+        return v
+
+
+class LMSpec(Spec):
+    """A `trainer: lm` spec."""
+
+    trainer: str = "lm"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    data: DataSpec = Field(default_factory=lambda: DataSpec(builtin="arith"))
+    eval: LMEvalSpec = Field(default_factory=LMEvalSpec)  # type: ignore[assignment]
+
+
+TRAINER = TrainerInfo(
+    name="lm",
+    spec_class=LMSpec,
+    entry="trainers.lm.trainer:LMTrainer",
+    description="language-model pretraining: GPT-2, Llama or Mistral built from a config",
+    # its own (the framework adds step_time, tokens_per_sec, train_val_gap, throughput for every trainer);
+    # eval.length_multiples adds val_ppl@<k>x
+    metrics=("loss", "lr", "grad_norm", "train_loss", "val_loss", "val_ppl", "prediction_diversity", "top_predictions",
+             "effective_rank", "effective_rank_ratio", "mfu", "mem_allocated_gb", "mem_peak_gb", "params",
+             "tokens_per_param", "tokens_per_non_embedding_param", "chinchilla"),
+    paths=("data.path",),
+    paths_or_ids=("tokenizer.name_or_path", "model.init_from"),
+)
