@@ -5,23 +5,22 @@ module turns a run folder into a flat table of metric names (`val_loss`, `best.v
 `last.loss`, `latent.first_token_acc`) and evaluates each check expression against it with the
 safe evaluator in `checkexpr`. A check that names a metric the run does not have is reported as
 UNKNOWN with a suggestion, never as a silent pass. Nothing here imports torch: checkpoints are
-judged by their COMPLETE marker and manifest alone.
+judged by their manifest, COMPLETE marker and file sizes (`orchestrator.record.checkpoints`).
 """
 from __future__ import annotations
 
 import difflib
 import json
 import math
-import os
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from orchestrator.record.atomicio import atomic_write_json, read_json
+from orchestrator.record.atomicio import atomic_write_json
 from orchestrator.checks.expr import CheckSyntaxError, UnknownMetric, compile_check
+from orchestrator.record import checkpoints as ckpts
 from orchestrator.record.heartbeat import heartbeat_age, read_heartbeat
 from orchestrator.record.paths import RunPaths
 from orchestrator.record.record import now_iso
@@ -476,75 +475,20 @@ def check_heartbeat(paths: RunPaths, state: State, stall_after: float, now: floa
     return r
 
 
-# Checkpoints (trainers/checkpoint.py): `ckpt/step-00000500/` holds the files and a manifest.json
-# written LAST with `complete: true` and `files: {relative path: size}`; the manifest is the
-# COMPLETE marker. `ckpt/.tmp-*` is a save in progress and never counts. Read here without torch.
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-_MANIFEST = "manifest.json"
-_MARKERS = ("COMPLETE", ".complete")  # custom trainers may use a bare marker file instead
-
-
-def _ckpt_step(p: Path) -> int:
-    m = _STEP_DIR.match(p.name)
-    return int(m.group(1)) if m else -1
-
-
-def list_checkpoints(paths: RunPaths) -> list[Path]:
-    """Step checkpoint folders under ckpt/ (complete or not), newest step first."""
-    try:
-        dirs = [Path(e.path) for e in os.scandir(paths.ckpt)
-                if e.is_dir(follow_symlinks=False) and _STEP_DIR.match(e.name)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(dirs, key=_ckpt_step, reverse=True)
-
-
-def verify_checkpoint(d: Path) -> tuple[bool, str]:
-    """(ok, why): a complete manifest, and every file it lists present at its size."""
-    manifest = d / _MANIFEST
-    if not manifest.exists():
-        if any((d / m).exists() for m in _MARKERS):
-            return True, f"{d.name}: complete (marker, no manifest)"
-        return False, f"{d.name}: no manifest.json (an interrupted save?)"
-    data = read_json(manifest)
-    if not isinstance(data, dict):
-        return False, f"{d.name}: manifest.json is not valid JSON"
-    if not data.get("complete"):
-        return False, f"{d.name}: manifest.json is not marked complete"
-    files = data.get("files") or {}
-    if not isinstance(files, dict):
-        return False, f"{d.name}: manifest.json 'files' is not a mapping"
-    for rel, size in files.items():
-        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
-            return False, f"{d.name}: the manifest names a path outside the checkpoint: {rel!r}"
-        p = d / rel
-        if not p.is_file():
-            return False, f"{d.name}: {rel} is listed in the manifest but missing"
-        if _is_number(size) and p.stat().st_size != int(size):
-            return False, f"{d.name}: {rel} has {p.stat().st_size} bytes, the manifest says {int(size)}"
-    return True, f"{d.name}: complete, {len(files)} files match the manifest"
-
-
-def newest_loadable_checkpoint(paths: RunPaths) -> Path | None:
-    for d in list_checkpoints(paths):
-        if verify_checkpoint(d)[0]:
-            return d
-    return None
-
-
 def check_checkpoint(paths: RunPaths) -> CheckResult:
+    """The newest step checkpoint validates (manifest, marker, file sizes: `orchestrator.record.checkpoints`)."""
     r = CheckResult("builtin:checkpoint_loadable", "builtin", "error", PASS)
-    ckpts = list_checkpoints(paths)
-    if not ckpts:
+    folders = ckpts.step_folders(paths.ckpt)[::-1]  # newest first; a save in progress (.tmp-*) is not one
+    if not folders:
         r.severity, r.status, r.detail = "warn", SKIP, "no checkpoints"
         return r
-    ok, why = verify_checkpoint(ckpts[0])
-    if ok:
-        r.detail = why
+    why = ckpts.validate(folders[0])
+    if why is None:
+        r.detail = f"{folders[0].name}: complete, its files match the manifest"
         return r
-    good = next((d for d in ckpts[1:] if verify_checkpoint(d)[0]), None)
+    good = next((d for d in folders[1:] if ckpts.validate(d) is None), None)
     r.status = FAIL
-    r.detail = why + (f"; newest loadable is {good.name}" if good else "; no loadable checkpoint")
+    r.detail = f"{folders[0].name}: {why}" + (f"; newest loadable is {good.name}" if good else "; no loadable checkpoint")
     if good:
         r.severity = "warn"  # a resume still has somewhere to start from
     return r

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.record.checkpoints import list_checkpoints
 from orchestrator.record.tree import ResultsRoot
 
 
@@ -48,11 +49,10 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainers.framework.checkpoint import list_checkpoints
     from trainers.framework.generation import GenerationSettings, InteractiveSession, RunCheckpoints, generate
 
     run_dir = _run_dir(args.results, args.run)
-    if not list_checkpoints(run_dir):
+    if not list_checkpoints(run_dir, kinds=("step", "best")):
         raise UserError(f"run {run_dir.name} has no complete checkpoint yet",
                         hint="checkpoints are written every checkpoint.every steps and at the end")
     if not args.prompt and not args.interactive:

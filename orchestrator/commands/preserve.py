@@ -5,10 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.preserve.ckptselect import POLICIES
 from orchestrator.errors import EXIT_USAGE, UserError
 from orchestrator.preserve.bundle import ARCHIVES, preserve
 from orchestrator.analysis.rundata import RunData
+from orchestrator.record.checkpoints import POLICIES
 from orchestrator.record.tree import ResultsRoot
 
 

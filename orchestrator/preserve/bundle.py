@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from orchestrator.record.atomicio import file_lock, read_json
-from orchestrator.preserve.ckptselect import POLICIES, select
+from orchestrator.record.checkpoints import POLICIES, restate_file, select
 from orchestrator.errors import OrchError, UserError
 from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, diff_manifests, hash_bytes, hash_file, iter_lines,
                        read_manifest, render_manifest, walk_files)
@@ -197,7 +197,7 @@ def _collect(root: Path, sub: str, plan: Plan, *, link: bool = False, top: bool 
                 plan.skipped.append(f"{full_rel} (symlink leaving the run folder)")
                 continue
             if not target.is_file():
-                continue  # a link to a folder inside the run (e.g. ckpt/best): roles cover it
+                continue  # a link to a folder inside the run: skipped (the folder is collected where it lies, if chosen)
             src = target
         elif not entry.is_file(follow_symlinks=False):
             plan.skipped.append(f"{full_rel} (not a regular file)")
@@ -217,24 +217,20 @@ def plan_bundle(d: RunData, checkpoints: str = "best") -> Plan:
     check_name(name, "bundle name")
     plan = Plan(d, name)
     _collect(root, "", plan, top=True)
-    sel = select(d.paths.ckpt, checkpoints, d.metrics)
+    conf = d.spec.get("checkpoint") if isinstance(d.spec.get("checkpoint"), dict) else {}
+    sel = select(d.paths.ckpt, checkpoints, metric=str(conf.get("metric") or "val_loss"),
+                 mode="max" if conf.get("mode") == "max" else "min")
     plan.notes += sel.notes
     plan.roles = sel.roles
-    if sel.folders or checkpoints == "all":
-        for f in sel.files:
-            if is_secret_file(f):
-                plan.skipped.append(f"ckpt/{f} (secret)")
-            elif not (d.paths.ckpt / f).is_symlink():
-                plan.items.append(Item(f"ckpt/{f}", src=d.paths.ckpt / f))
-        for folder in sel.folders:
-            _collect(root, f"ckpt/{folder}", plan, link=True)
+    for folder in sel.folders:
+        _collect(root, f"ckpt/{folder}", plan, link=True)
     _fix_checkpoint_manifests(plan)
     _generate(plan, checkpoints)
     return plan
 
 
 def _fix_checkpoint_manifests(plan: Plan) -> None:
-    """A checkpoint's manifest.json lists file sizes; keep it true for files we redacted."""
+    """A checkpoint's manifest.json lists file sizes and hashes; keep it true for files we redacted."""
     by_rel = {i.rel: i for i in plan.items}
     for item in plan.items:
         if item.data is None or not item.rel.startswith("ckpt/") or item.rel.count("/") < 2:
@@ -247,9 +243,7 @@ def _fix_checkpoint_manifests(plan: Plan) -> None:
             obj = json.loads(man.data if man.data is not None else man.src.read_bytes())  # type: ignore[union-attr]
         except (OSError, ValueError):
             continue
-        files = obj.get("files") if isinstance(obj, dict) else None
-        if isinstance(files, dict) and isinstance(files.get(inner), int):
-            files[inner] = len(item.data)
+        if restate_file(obj, inner, item.data):
             man.data, man.link = (json.dumps(obj, indent=2) + "\n").encode(), False
 
 

@@ -2,8 +2,8 @@
 
 The files match what the lm trainer and the job wrapper write: run.json with attempts,
 spec.yaml, provenance.json, checks.json, metrics.json (final/best), metrics history with
-length-generalization keys, train diagnostics, logs, and checkpoint folders of random bytes with
-COMPLETE markers and a best symlink.
+length-generalization keys, train diagnostics, logs, and checkpoint folders of random bytes in the
+trainer's layout (orchestrator/record/checkpoints.py: step-<N>/, best/, hf-final/, sealed manifests).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.record import checkpoints as ck
 from orchestrator.record.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,24 +105,25 @@ def make_run(results: Path, name: str = "quick", run_id: str | None = None, *, l
     (p.root / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     rnd = __import__("random").Random(seed)
 
-    def ckpt(folder: str, step: int, with_state: bool) -> None:
-        d = p.ckpt / folder
+    def ckpt(folder: str, kind: str, step: int) -> None:
+        d = ck.tmp_dir(p.ckpt, folder)
         (d / "model").mkdir(parents=True, exist_ok=True)
         (d / "model" / "model.safetensors").write_bytes(rnd.randbytes(ckpt_bytes))
         (d / "model" / "config.json").write_text(json.dumps({"n_embd": d_model, "bos_token": "<s>"}))
-        files = {"model/model.safetensors": ckpt_bytes}
-        if with_state:
-            (d / "trainer_state.pt").write_bytes(rnd.randbytes(1024))
-            files["trainer_state.pt"] = 1024
+        if kind == "step":
+            (d / "state").mkdir()
+            (d / "state" / "optimizer.bin").write_bytes(rnd.randbytes(1024))
+            (d / "state" / "random_states_0.pkl").write_bytes(rnd.randbytes(256))
+            (d / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": 1}))
         (d / "spec.yaml").write_text(p.spec.read_text())
-        (d / "manifest.json").write_text(json.dumps({"complete": True, "step": step, "files": files}))
-        (d / "COMPLETE").write_text(f"{step}\n")
+        ck.seal(d, kind=kind, step=step, tokens_seen=step * 512, metrics={"val_loss": 1.0 + 1.0 / (step + 1)})
+        ck.publish(d, p.ckpt / folder)
 
-    for step in (steps // 2, steps):  # the trainer's layout (trainers/checkpoint.py)
-        ckpt(f"step-{step:08d}", step, True)
-    ckpt("best", steps // 2, False)
-    ckpt("hf-final", steps, False)
-    torn = p.ckpt / ".tmp-step-00099999-123"
+    for step in (steps // 2, steps):
+        ckpt(ck.step_name(step), "step", step)
+    ckpt(ck.BEST, "best", steps // 2)
+    ckpt(ck.FINAL, "final", steps)
+    torn = p.ckpt / ".tmp-step-00099999"
     torn.mkdir()
     (torn / "partial.bin").write_bytes(b"x" * 100)
     os.symlink("/etc", p.ckpt / "escape")

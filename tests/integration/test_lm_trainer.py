@@ -39,6 +39,12 @@ BASE: dict[str, Any] = {
 }
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def make_run(results: Path, base: dict[str, Any] = BASE, **over: Any) -> RunPaths:
     """A run folder as `orch submit` leaves it: resolved spec.yaml + run.json."""
     spec = spec_from_data(deep_merge(base, over), "make_run")  # the trainer's own schema, as at submit
@@ -123,8 +129,22 @@ def test_completed_run_writes_every_artefact(finished: RunPaths) -> None:
     assert "training from step 0" in finished.training_log.read_text()
 
 
-def test_resume_after_kill9_matches_straight_run(tmp_path: Path) -> None:
-    over = {"train": {"max_steps": 200, "log_every": 1}, "checkpoint": {"every": 100}, "eval": {"every": 50}}
+CUDA_ONLY = "fp16 mixed precision is CUDA-only in Accelerate (on CPU: no autocast, no GradScaler)"
+
+
+@pytest.mark.parametrize("precision,device", [
+    ("fp32", "cpu"),
+    ("bf16", "cpu"),  # Accelerate's CPU autocast
+    pytest.param("fp16", "cuda", marks=pytest.mark.skipif(not _cuda(), reason=CUDA_ONLY)),
+])
+def test_resume_after_kill9_matches_straight_run(tmp_path: Path, precision: str, device: str) -> None:
+    """SIGKILL right after the step-100 checkpoint, resume: every logged loss equals the straight run's.
+
+    The checkpoint carries everything the next steps depend on: weights, AdamW moments, the LR
+    schedule, the sampler position, every RNG, and under fp16 the GradScaler's scale.
+    """
+    over = {"train": {"max_steps": 200, "log_every": 1, "precision": precision, "device": device},
+            "checkpoint": {"every": 100}, "eval": {"every": 50}}
     straight = make_run(tmp_path / "a", **over)
     train(straight)
 
@@ -151,12 +171,13 @@ def test_damaged_newest_checkpoint_falls_back(finished: RunPaths, tmp_path: Path
     root = tmp_path / "results" / "tiny"
     shutil.copytree(finished.root, root / finished.root.name)
     paths = RunPaths(root / finished.root.name)
-    state = paths.ckpt / "step-00000040" / "trainer_state.pt"
-    state.write_bytes(b"\0" * state.stat().st_size)  # same size: only loading can tell
+    state = paths.ckpt / "step-00000040" / "state" / "optimizer.bin"
+    state.write_bytes(b"\0" * state.stat().st_size)  # same size: the manifest's sha256 tells
     paths.metrics.unlink()
     train(paths, attempt=2)  # as a requeued attempt would: the same spec, so the same schedule
     log = paths.training_log.read_text()
-    assert "step-00000040 is damaged" in log and "resumed from step-00000020" in log
+    assert "step-00000040 is damaged (state/optimizer.bin does not match its sha256" in log
+    assert "resumed from step-00000020" in log
     second = [r for r in read_jsonl(paths.diagnostics) if r["attempt"] == 2]
     assert [r["step"] for r in second] == list(range(21, 41))
     # the redone steps 21..40 reproduce the first attempt's losses
@@ -178,9 +199,9 @@ def test_signal_checkpoints_and_exits_requeue(tmp_path: Path, configured: str, s
     rec = read_json(paths.run_json)
     assert rec["stop_reason"] == f"preempted: {sent.name}"
     assert rec["requeue"] == {"attempt": 1, "step": read_jsonl(paths.diagnostics)[-1]["step"]}
-    from trainers.framework.checkpoint import list_checkpoints
+    from orchestrator.record.checkpoints import list_checkpoints
 
-    ckpts = [c for c in list_checkpoints(paths.root) if c.kind == "step"]
+    ckpts = list_checkpoints(paths.root, kinds=("step",))
     last_step = read_jsonl(paths.diagnostics)[-1]["step"]
     assert [c.step for c in ckpts] == [last_step]
     assert not paths.metrics.exists()
@@ -255,13 +276,22 @@ def test_two_process_preemption_checkpoints_and_records_requeue(tmp_path: Path) 
     step = rec["requeue"]["step"]
     assert [p.name for p in paths.ckpt.glob("step-*")] == [f"step-{step:08d}"]
     assert read_jsonl(paths.diagnostics)[-1]["step"] == step
+    manifest = read_json(paths.ckpt / f"step-{step:08d}" / "manifest.json")
+    assert {"state/random_states_0.pkl", "state/random_states_1.pkl"} <= manifest["sha256"].keys()  # each process's RNG
+    # the requeued attempt: both processes agree on the checkpoint, load it and go on
+    set_spec(paths, train={"max_steps": step + 5})
+    train(paths, attempt=2, launch=launch[:-1] + [str(31500 + os.getpid() % 1000)])
+    assert f"resumed from step-{step:08d}" in paths.training_log.read_text()
+    assert [r["step"] for r in read_jsonl(paths.diagnostics) if r["attempt"] == 2] == list(range(step + 1, step + 6))
+    assert read_json(paths.metrics)["world_size"] == 2
 
 
 def test_generation_from_checkpoint_is_deterministic_at_temperature_0(finished: RunPaths) -> None:
-    from trainers.framework.checkpoint import list_checkpoints, load_for_generation
+    from orchestrator.record.checkpoints import list_checkpoints
+    from trainers.framework.checkpoint import load_for_generation
     from trainers.framework.generation import generate
 
-    assert [c.kind for c in list_checkpoints(finished.root)] == ["step", "step", "best"]
+    assert [c.kind for c in list_checkpoints(finished.root)] == ["step", "step", "best", "final"]
     model, tok, info = load_for_generation(finished.root, step=20)
     assert info.step == 20
     first = generate(model, tok, ["1+1=", "99-"], max_new_tokens=12, temperature=0)

@@ -47,6 +47,11 @@ def test_preserve_then_verify(env: tuple[Path, Path], tmp_path: Path) -> None:
                 "tokenizer/tokenizer.json"):
         assert (bundle / rel).is_file(), rel
     assert not (bundle / "ckpt" / "step-00000200").exists()  # policy best
+    # the checkpoint's spec.yaml was redacted, and its manifest restated: the bundled checkpoint still validates
+    from orchestrator.record.checkpoints import validate
+
+    assert "abc123-secret-value" not in (bundle / "ckpt" / "best" / "spec.yaml").read_text()
+    assert validate(bundle / "ckpt" / "best", deep=True) is None
     assert orch("verify", str(bundle), results=results).returncode == 0
     if shutil.which("sha256sum"):
         assert subprocess.run(["sha256sum", "-c", "--quiet", "MANIFEST.sha256"], cwd=bundle).returncode == 0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_json
-from orchestrator.checks.judge import (Records, build_metrics, check_run, evaluate_check, flatten,
-                                 verify_checkpoint)
+from orchestrator.checks.judge import Records, build_metrics, check_run, evaluate_check, flatten
+from orchestrator.record.checkpoints import validate
 from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.spec.schema import spec_to_yaml
 from trainers.lm.config import LMSpec
@@ -133,8 +134,9 @@ def _ckpt(run: Run, step: int, complete: bool = True, size: int | None = None) -
     (d / "model" / "w.safetensors").write_bytes(b"x" * 100)
     (d / "trainer_state.pt").write_bytes(b"y" * 10)
     if complete:
-        atomic_write_json(d / "manifest.json", {"complete": True, "step": step, "files": {
+        atomic_write_json(d / "manifest.json", {"complete": True, "format": 2, "step": step, "files": {
             "model/w.safetensors": size or 100, "trainer_state.pt": 10}})
+        (d / "COMPLETE").write_text(f"{step}\n")
     return d
 
 
@@ -143,15 +145,21 @@ def test_checkpoint_checks(tmp_path: Path) -> None:
     _ckpt(run, 100)
     _ckpt(run, 200, size=999)  # truncated weights
     (run.paths.ckpt / ".tmp-step-00000300-1").mkdir()  # a save in progress is ignored
-    assert verify_checkpoint(run.paths.ckpt / "step-00000100")[0]
-    ok, why = verify_checkpoint(run.paths.ckpt / "step-00000200")
-    assert not ok and "manifest says 999" in why
+    assert validate(run.paths.ckpt / "step-00000100") is None
+    assert "manifest says 999" in (validate(run.paths.ckpt / "step-00000200") or "")
     by = {r.name: r for r in check_run(run).results}
     c = by["builtin:checkpoint_loadable"]
-    assert c.status == "fail" and "newest loadable is step-00000100" in c.detail and c.severity == "warn"
+    assert c.status == "fail" and c.severity == "warn"
+    assert c.detail == ("step-00000200: model/w.safetensors has 100 bytes, the manifest says 999; "
+                        "newest loadable is step-00000100")
     _ckpt(run, 400, complete=False)
     c = {r.name: r for r in check_run(run).results}["builtin:checkpoint_loadable"]
-    assert "no manifest.json" in c.detail
+    assert c.detail.startswith("step-00000400: no manifest.json")
+    for d in run.paths.ckpt.glob("step-*"):
+        shutil.rmtree(d)
+    _ckpt(run, 500)
+    c = {r.name: r for r in check_run(run).results}["builtin:checkpoint_loadable"]
+    assert c.status == "pass" and c.detail == "step-00000500: complete, its files match the manifest"
 
 
 def test_memory_and_throughput_notes(tmp_path: Path) -> None:

@@ -58,13 +58,15 @@ def test_gpt2_generates_past_its_window_by_cropping_the_context():
 
 def _save_run(run_dir: Path) -> dict[int, torch.nn.Module]:
     """A run folder with checkpoints at steps 10 and 20 (and best = step 10), written by the trainer's manager."""
+    from accelerate import Accelerator
+
     from trainers.framework.checkpoint import CheckpointManager
 
     TOK.save(run_dir / "tokenizer")
-    manager = CheckpointManager(run_dir / "ckpt", keep_last=3, tokenizer_dir=run_dir / "tokenizer")
+    manager = CheckpointManager(run_dir / "ckpt", Accelerator(), keep_last=3, tokenizer_dir=run_dir / "tokenizer")
     models = {10: _model(seed=10), 20: _model(seed=20)}
     for step, model in models.items():
-        manager.save(step, model, trainer_state={"step": step}, tokens_seen=step * 64)
+        manager.save(step, model, {"step": step}, tokens_seen=step * 64)
     manager.save_best(10, models[10], tokens_seen=640, metrics={"val_loss": 1.0})
     return models
 

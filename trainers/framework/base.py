@@ -5,7 +5,8 @@ A trainer (the built-in `lm`, or yours via `trainer: package.module:Class`) subc
     class MyTrainer(Trainer):
         def setup(self):                 # build model, data, optimizer from self.spec's sections
             self.model = ...             # saved in checkpoints (HF save_pretrained when it has one)
-            self.optimizer = ...         # optional: default state_dict() saves optimizer/scheduler/sampler
+            self.optimizer = ...         # through accelerator.prepare: Accelerate checkpoints it (and sharding)
+            self.sampler = ...           # optional: the default state_dict() saves sampler (and an unprepared scheduler)
             self.tokens_per_step = ...   # global tokens per optimizer step (token budgets, throughput)
         def train_step(self, step):      # ONE optimizer step; return {"loss": tensor, ...} and never call
             ...                          #   .item(): the framework syncs only at log steps
@@ -37,7 +38,8 @@ from orchestrator.record.tree import Run
 from orchestrator.spec.schema import Spec, spec_from_run
 from orchestrator.record.states import EXIT_COMPLETED, EXIT_REQUEUE
 from orchestrator.record.atomicio import atomic_write_json
-from trainers.framework.checkpoint import CheckpointInfo, CheckpointManager, load_model_weights, rng_state, set_rng_state
+from orchestrator.record.checkpoints import Checkpoint
+from trainers.framework.checkpoint import CheckpointManager
 from trainers.framework.early_stopping import EarlyStopping
 from trainers.framework.metrics_logger import MetricsLogger
 from trainers.framework.signals import PreemptionHandler
@@ -146,7 +148,7 @@ class TrainerContext:
         self.run = Run(self.paths)
         self.logger = MetricsLogger(self.paths, self.is_main)
         self.checkpoints = CheckpointManager(
-            self.paths.ckpt, keep_last=self.spec.checkpoint.keep_last, keep_best=self.spec.checkpoint.keep_best,
+            self.paths.ckpt, self.accelerator, keep_last=self.spec.checkpoint.keep_last,
             hf_format=self.spec.checkpoint.hf_format,
             spec_text=self.paths.spec.read_text() if self.paths.spec.exists() else "",
             tokenizer_dir=self.paths.tokenizer)
@@ -279,9 +281,21 @@ class Trainer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything besides the model weights needed to resume exactly (default: optimizer, scheduler, sampler)."""
-        return {name: getattr(self, name).state_dict() for name in ("optimizer", "scheduler", "sampler")
-                if getattr(self, name, None) is not None}
+        """What resuming exactly needs beyond the weights and what `accelerator.save_state` already holds.
+
+        The default: `self.sampler`, and `self.optimizer`/`self.scheduler` when they did not go through
+        `accelerator.prepare` (prepared ones, the GradScaler and every process's RNG are Accelerate's).
+        Saved once, by the main process: it must be the same on every process.
+        """
+        from accelerate.optimizer import AcceleratedOptimizer
+        from accelerate.scheduler import AcceleratedScheduler
+
+        out = {}
+        for name in ("optimizer", "scheduler", "sampler"):
+            obj = getattr(self, name, None)
+            if obj is not None and not isinstance(obj, (AcceleratedOptimizer, AcceleratedScheduler)):
+                out[name] = obj.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -372,8 +386,8 @@ class Trainer:
             self._evaluate()
         if saved_at != self.step:
             self.save_checkpoint()
-        if ctx.is_main and spec.checkpoint.hf_format:
-            ctx.checkpoints.save_final(self.step, ctx.unwrap(self.model), self.tokens_seen, _floats(self.last_eval))
+        if spec.checkpoint.hf_format:  # every process: sharded weights are gathered
+            ctx.checkpoints.save_final(self.step, self.model, self.tokens_seen, _floats(self.last_eval))
         outcome = Outcome(reason, self.step, metrics=dict(self.last_eval))
         extra = self.finish(outcome)
         self._write_final_metrics(outcome, extra)
@@ -439,62 +453,53 @@ class Trainer:
             old = self.best.get(key)
             if old is None or (value < old if mode == "min" else value > old):
                 self.best = dict(record)
-                if spec.checkpoint.keep_best and ctx.is_main:
-                    ctx.checkpoints.save_best(self.step, ctx.unwrap(self.model), self.tokens_seen, _floats(record))
+                if spec.checkpoint.keep_best:  # every process: sharded weights are gathered
+                    ctx.checkpoints.save_best(self.step, self.model, self.tokens_seen, _floats(record))
         if ctx.early_stopping is not None:
             return ctx.early_stopping.update(metrics, self.step)
         return False
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Checkpoint now (every process must call it: RNG states are gathered from all of them)."""
+        """Checkpoint now (every process must call it: each saves its RNG state and optimizer shard)."""
         ctx = self.ctx
         ctx.beat(force=True, step=self.step, phase="checkpoint")
-        rngs = [rng_state()]
-        if ctx.world_size > 1:
-            from accelerate.utils import gather_object
+        self._register_state()
+        loop_state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": ctx.clock.total,
+                      "world_size": ctx.world_size, "best": _floats(self.best), "last_eval": _floats(self.last_eval),
+                      "early_stopping": ctx.early_stopping.state_dict() if ctx.early_stopping else None}
+        return ctx.checkpoints.save(self.step, self.model, loop_state, self.tokens_seen, _floats(self.last_eval))
 
-            rngs = gather_object(rngs)
-        path = None
-        if ctx.is_main:
-            state = {"format": 1, "step": self.step, "tokens_seen": self.tokens_seen,
-                     "train_seconds": ctx.clock.total, "world_size": ctx.world_size, "rng": rngs,
-                     "trainer": self.state_dict(), "best": self.best, "last_eval": self.last_eval,
-                     "early_stopping": ctx.early_stopping.state_dict() if ctx.early_stopping else None}
-            path = ctx.checkpoints.save(self.step, ctx.unwrap(self.model), state, self.tokens_seen,
-                                        _floats(self.last_eval))
-        ctx.accelerator.wait_for_everyone()
-        return path
-
-    def resume(self) -> Optional[CheckpointInfo]:
+    def resume(self) -> Optional[Checkpoint]:
         """Restore the newest checkpoint that loads (falling back past damaged ones); None on a fresh start."""
         ctx = self.ctx
-        if ctx.is_main:
-            ctx.checkpoints.clean_partial()
+        self._register_state()
+        ctx.checkpoints.clean_partial()
         ctx.accelerator.wait_for_everyone()
 
-        def apply(info: CheckpointInfo, state: dict[str, Any]) -> None:
-            load_model_weights(ctx.unwrap(self.model), info.model_dir)
-            self.load_state_dict(state["trainer"])
+        def apply(info: Checkpoint, state: dict[str, Any]) -> None:
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             ctx.clock.before = float(state["train_seconds"])
             self.best, self.last_eval = state.get("best") or {}, state.get("last_eval") or {}
             if ctx.early_stopping is not None and state.get("early_stopping"):
                 ctx.early_stopping.load_state_dict(state["early_stopping"])
-            rngs = state["rng"]
-            if len(rngs) == ctx.world_size:
-                set_rng_state(rngs[ctx.rank])
-            else:
-                ctx.print(f"warning: checkpoint written by {len(rngs)} process(es), resuming with "
-                          f"{ctx.world_size}: RNG streams restart (the data order is kept)")
-                set_rng_state(rngs[0])
+            if int(state["world_size"]) != ctx.world_size:
+                ctx.print(f"warning: checkpoint written by {state['world_size']} process(es), resuming with "
+                          f"{ctx.world_size}: processes without a saved RNG state restart theirs (the data order is kept)")
 
-        info = ctx.checkpoints.load_latest(apply, warn=ctx.print)
+        info = ctx.checkpoints.load_latest(self.model, apply, warn=ctx.print)
         self._start_step = self.step
         if info is not None:
-            ctx.print(f"resumed from {info.path.name} (step {self.step}, {self.tokens_seen} tokens, "
+            ctx.print(f"resumed from {info.name} (step {self.step}, {self.tokens_seen} tokens, "
                       f"{ctx.clock.before:.0f} s trained before)")
         return info
 
+    def _register_state(self) -> None:
+        """Hand `state_dict()`/`load_state_dict()` to `accelerator.register_for_checkpointing` (once)."""
+        if not self._state_registered:
+            self.ctx.accelerator.register_for_checkpointing(_TrainerState(self))
+            self._state_registered = True
+
+    _state_registered = False
     _start_step = 0
     _last_tps = 0.0
     _last_loss: Optional[float] = None
@@ -528,6 +533,19 @@ class Trainer:
             **extra,
         }
         atomic_write_json(ctx.paths.metrics, metrics)
+
+
+class _TrainerState:
+    """The trainer's own state as an object Accelerate checkpoints (`state/custom_checkpoint_<i>.pkl`)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state)
 
 
 def _floats(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,142 +1,56 @@
-"""Checkpoints: written whole or not at all, rotated, verified on load, loadable for generation.
+"""Checkpoints, trainer side: what goes into the folders, written whole or not at all, and read back.
 
-Layout of a run's `ckpt/` folder::
+The folder format (layout, manifest, COMPLETE marker, validation, rotation, selection) is defined once,
+without torch, in `orchestrator.record.checkpoints`; this module fills and reads the folders:
 
-    ckpt/step-00000500/            one checkpoint per save (`checkpoint.every` steps and at the end)
-        model/                     Hugging Face `save_pretrained` folder + the run's tokenizer files,
-                                   so `AutoModelForCausalLM.from_pretrained(".../model")` just works
-        trainer_state.pt           optimizer, scheduler, sampler position, RNG states of every rank,
-                                   step, tokens seen, training seconds so far, early-stopping state
-        spec.yaml                  the resolved spec the run was trained with
-        manifest.json, COMPLETE    written last: step, metrics, files and their sizes; the marker
-    ckpt/best/                     model only (model/ + manifest), replaced when `checkpoint.metric` improves
-    ckpt/hf-final/                 model only, written when training ends: `ckpt/hf-final/model` is the
-                                   final model for transformers users
-    ckpt/.tmp-*                    a save in progress (or one a crash interrupted); never read
+- `CheckpointManager.save` (every process calls it) fills `ckpt/.tmp-step-<N>/`: `accelerator.save_state`
+  writes `state/` from every process (optimizer, sharded under FSDP/DeepSpeed; prepared schedulers; the
+  fp16 GradScaler; the RNG states of each process; objects registered with
+  `accelerator.register_for_checkpointing`), then the main process writes `model/` (HF `save_pretrained`
+  + tokenizer files), `trainer_state.json` (the loop's counters) and `spec.yaml`, seals the folder
+  (manifest with sizes and sha256, COMPLETE, fsync) and renames it to `ckpt/step-<N>/`.
+  Without FSDP/DeepSpeed the weights are kept once, in `model/`: a save-state hook keeps Accelerate from
+  writing a second copy into `state/`, and a load-state hook leaves them to `load_model_weights`.
+- `CheckpointManager.load_latest` (every process) restores the newest step checkpoint that passes a deep
+  validation (sizes and hashes) and loads; a damaged one is reported and the previous one is tried.
+- `save_best` / `save_final` (every process: sharded weights are gathered) write `best/` and `hf-final/`.
 
-A save goes to `ckpt/.tmp-<name>-<pid>/`, each file is fsynced, then the folder is renamed into
-place, so a crash mid-write never leaves a folder that looks complete. `CheckpointManager.load_latest`
-tries the newest checkpoint and falls back to the previous one when it is damaged.
+Accelerate's `ProjectConfiguration(automatic_checkpoint_naming=True)` is not used: it writes
+`checkpoints/checkpoint_<i>` in place (no temporary folder, no completeness marker), rotates by
+deleting the oldest folders whatever their state, and `load_state()` without a folder picks the
+highest number even when that save was torn. The explicit folder passed to `save_state` here is the
+temporary one, published only once complete.
 
-API for other tools (generation, preserve, compare):
+For other tools (generation, tests):
 
-    list_checkpoints(run_dir) -> [CheckpointInfo(path, step, kind, tokens_seen, metrics)]  (complete ones)
-    find_checkpoint(run_dir, step=None, best=False) -> CheckpointInfo      (newest when neither given)
-    load_for_generation(run_dir, step=None, best=False, device="cpu") -> (model, tokenizer, info)
+    load_model_weights(model, model_dir)        weights written by `save_model` into an existing model
+    load_for_generation(run_dir, step=None, best=False, device="cpu") -> (model, tokenizer, Checkpoint)
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import random
-import re
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
 import torch
 
-MANIFEST = "manifest.json"
-COMPLETE = "COMPLETE"
-TRAINER_STATE = "trainer_state.pt"
-MODEL_DIR = "model"
-BEST = "best"
-FINAL = "hf-final"
-FORMAT = 1
-_STEP_RE = re.compile(r"^step-(\d+)$")
+from orchestrator.record import checkpoints as ck
+from orchestrator.record.checkpoints import Checkpoint
 
 
-@dataclass
-class CheckpointInfo:
-    """One complete checkpoint, as listed by its manifest."""
+def save_model(model: torch.nn.Module, out: Path, hf_format: bool = True,
+               state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """HF `save_pretrained` when the model has it (and hf_format), else a plain `model.pt` state dict.
 
-    path: Path
-    step: int
-    kind: str  # "step" or "best"
-    tokens_seen: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    created_at: float = 0.0
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / MODEL_DIR
-
-
-# ----------------------------------------------------------------------------- helpers
-def _fsync_tree(root: Path) -> None:
-    """fsync every file under `root` and the folders themselves, so the rename publishes durable data."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _file_sizes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _read_manifest(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads((path / MANIFEST).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("complete") else None
-
-
-def _info(path: Path, manifest: dict[str, Any]) -> CheckpointInfo:
-    return CheckpointInfo(path=path, step=int(manifest["step"]), kind=manifest.get("kind", "step"),
-                          tokens_seen=int(manifest.get("tokens_seen", 0)), metrics=manifest.get("metrics", {}),
-                          created_at=float(manifest.get("created_at", 0.0)))
-
-
-def verify(path: Path) -> Optional[str]:
-    """None when the checkpoint looks intact, else what is wrong (cheap: manifest and file sizes)."""
-    manifest = _read_manifest(path)
-    if manifest is None:
-        return "no complete manifest.json"
-    for rel, size in manifest.get("files", {}).items():
-        p = path / rel
-        if not p.is_file():
-            return f"missing file {rel}"
-        if p.stat().st_size != size:
-            return f"{rel} has {p.stat().st_size} bytes, manifest says {size}"
-    return None
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`, moving an existing `final` aside first (and deleting it after)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_model(model: torch.nn.Module, out: Path, hf_format: bool = True) -> None:
-    """HF `save_pretrained` when the model has it (and hf_format), else a plain `model.pt` state dict."""
+    `state_dict`: the full weights when the model itself holds only a shard (FSDP/DeepSpeed ZeRO-3).
+    """
     out.mkdir(parents=True, exist_ok=True)
     if hf_format and hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(out), safe_serialization=True)
+        model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     else:
-        torch.save(model.state_dict(), out / "model.pt")
+        torch.save(state_dict if state_dict is not None else model.state_dict(), out / "model.pt")
 
 
 def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
@@ -163,175 +77,198 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
                            f"unexpected {sorted(unexpected)}")
 
 
-# ----------------------------------------------------------------------------- RNG
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states: python, numpy, torch CPU and every CUDA device."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- listing (any process)
-def list_checkpoints(run_dir: Path, include_best: bool = True) -> list[CheckpointInfo]:
-    """Complete checkpoints of a run (`run_dir` or its `ckpt/` folder), oldest step first, best last."""
-    root = Path(run_dir)
-    root = root if root.name == "ckpt" else root / "ckpt"
-    out: list[CheckpointInfo] = []
-    best: list[CheckpointInfo] = []
-    if not root.is_dir():
-        return out
-    for entry in root.iterdir():
-        if not entry.is_dir() or not (_STEP_RE.match(entry.name) or entry.name == BEST):
-            continue
-        manifest = _read_manifest(entry)
-        if manifest is None:
-            continue
-        (best if entry.name == BEST else out).append(_info(entry, manifest))
-    out.sort(key=lambda c: c.step)
-    return out + (best if include_best else [])
-
-
-def find_checkpoint(run_dir: Path, step: Optional[int] = None, best: bool = False) -> CheckpointInfo:
-    """The checkpoint at `step`, the best one, or the newest intact one."""
-    ckpts = list_checkpoints(run_dir)
-    if best:
-        found = [c for c in ckpts if c.kind == "best"]
-        if not found:
-            raise FileNotFoundError(f"{run_dir} has no best checkpoint (is checkpoint.keep_best on, has it evaluated?)")
-        return found[0]
-    steps = [c for c in ckpts if c.kind == "step"]
-    if step is not None:
-        found = [c for c in steps if c.step == step]
-        if not found:
-            have = ", ".join(str(c.step) for c in steps) or "none"
-            raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step} (steps: {have})")
-        return found[0]
-    for c in reversed(steps):
-        if verify(c.path) is None:
-            return c
-    raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
-
-
 def load_for_generation(run_dir: Path, step: Optional[int] = None, best: bool = False,
-                        device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, CheckpointInfo]:
+                        device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, Checkpoint]:
     """(model in eval mode on `device`, the run's tokenizer, which checkpoint) for `orch generate`."""
     from transformers import AutoModelForCausalLM
 
     from trainers.lm.tokenization import load_tokenizer
 
-    info = find_checkpoint(run_dir, step=step, best=best)
+    info = ck.find(run_dir, step=step, best=best)
     model = AutoModelForCausalLM.from_pretrained(str(info.model_dir)).to(device).eval()
     return model, load_tokenizer(info.model_dir), info
 
 
-# ----------------------------------------------------------------------------- the manager (trainer side)
 class CheckpointManager:
-    """Saves, rotates and reloads one run's checkpoints. Only the main process calls the save methods."""
+    """Saves, rotates and restores one run's checkpoints through its Accelerator.
 
-    def __init__(self, root: Path, keep_last: int = 2, keep_best: bool = True, hf_format: bool = True,
+    Every process calls `save`, `save_best`, `save_final` and `load_latest` (Accelerate writes each
+    process's RNG state and optimizer shard, and gathers sharded weights); only the main process
+    writes the shared files, seals and renames.
+    """
+
+    def __init__(self, root: Path, accelerator: Any, keep_last: int = 2, hf_format: bool = True,
                  spec_text: str = "", tokenizer_dir: Optional[Path] = None) -> None:
+        from accelerate.utils import DistributedType
+
         self.root = Path(root)
-        self.keep_last, self.keep_best, self.hf_format = keep_last, keep_best, hf_format
+        self.accelerator = accelerator
+        self.keep_last, self.hf_format = keep_last, hf_format
         self.spec_text = spec_text
         self.tokenizer_dir = tokenizer_dir
+        # Accelerate saves and loads these models itself, sharded; elsewhere model/ is their only copy
+        self.sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                        DistributedType.MEGATRON_LM)
 
-    def clean_partial(self) -> None:
-        """Remove the temporary folders of saves a crash interrupted (main process, at start-up)."""
-        if self.root.is_dir():
-            for entry in self.root.iterdir():
-                if entry.name.startswith((".tmp-", ".old-")):
-                    shutil.rmtree(entry, ignore_errors=True)
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
 
-    def _write(self, name: str, step: int, kind: str, fill: Callable[[Path], None],
-               tokens_seen: int, metrics: dict[str, Any]) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            fill(tmp)
-            if self.spec_text:
-                (tmp / "spec.yaml").write_text(self.spec_text)
-            manifest = {"complete": True, "format": FORMAT, "kind": kind, "step": step, "tokens_seen": tokens_seen,
-                        "metrics": metrics, "created_at": time.time(), "files": _file_sizes(tmp)}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
-            (tmp / COMPLETE).write_text(f"{step}\n")  # the marker other tools (preserve) look for
-            _fsync_tree(tmp)
-            final = self.root / name
-            _replace_dir(tmp, final)
-        except BaseException:
+    # ---- writing --------------------------------------------------------------------------------
+    def _start(self, name: str) -> Path:
+        """A fresh temporary folder for `name`, made by the main process, seen by all."""
+        tmp = ck.tmp_dir(self.root, name)
+        if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        return tmp
 
-    def _fill_model(self, model: torch.nn.Module, dst: Path) -> None:
-        save_model(model, dst / MODEL_DIR, self.hf_format)
+    def _fill_model(self, model: torch.nn.Module, dst: Path, full: Optional[dict[str, torch.Tensor]]) -> None:
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        save_model(plain, dst / ck.MODEL_DIR, self.hf_format, full)
         if self.tokenizer_dir is not None and self.tokenizer_dir.is_dir():
             for f in self.tokenizer_dir.iterdir():  # the tokenizer files beside the weights: one loadable folder
                 if f.is_file():
-                    shutil.copy2(f, dst / MODEL_DIR / f.name)
+                    shutil.copy2(f, dst / ck.MODEL_DIR / f.name)
 
-    def save(self, step: int, model: torch.nn.Module, trainer_state: dict[str, Any],
-             tokens_seen: int = 0, metrics: Optional[dict[str, Any]] = None) -> Path:
-        """Write `step-<step>/` (model, trainer state, spec), then drop checkpoints beyond `keep_last`."""
-        def fill(dst: Path) -> None:
-            self._fill_model(model, dst)
-            torch.save(trainer_state, dst / TRAINER_STATE)
+    def _finish(self, tmp: Path, name: str, kind: str, step: int, tokens_seen: int,
+                metrics: dict[str, Any]) -> Path:
+        """Main process: spec, seal, rename into place."""
+        if self.spec_text:
+            (tmp / ck.SPEC).write_text(self.spec_text)
+        ck.seal(tmp, kind=kind, step=step, tokens_seen=tokens_seen, metrics=metrics)
+        final = self.root / name
+        ck.publish(tmp, final)
+        return final
 
-        path = self._write(f"step-{step:08d}", step, "step", fill, tokens_seen, metrics or {})
-        self.rotate()
+    def _full_weights(self, model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+        """The gathered weights when they are sharded (a collective: every process calls it), else None."""
+        return self.accelerator.get_state_dict(model) if self.sharded else None
+
+    @contextlib.contextmanager
+    def _weights_in_model_dir(self, model: torch.nn.Module) -> Iterator[None]:
+        """Keep Accelerate's save_state/load_state away from `model`'s weights when model/ holds them."""
+        def on_save(models: list[Any], weights: list[Any], _dir: str) -> None:
+            if weights:  # one full state dict per model: the non-sharded case
+                for i in reversed([i for i, m in enumerate(models) if m is model]):
+                    weights.pop(i)
+
+        def on_load(models: list[Any], _dir: str) -> None:
+            for i in reversed([i for i, m in enumerate(models) if m is model]):
+                models.pop(i)
+
+        acc = self.accelerator
+        handles = [] if self.sharded else [acc.register_save_state_pre_hook(on_save),
+                                           acc.register_load_state_pre_hook(on_load)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def save(self, step: int, model: torch.nn.Module, loop_state: dict[str, Any], tokens_seen: int = 0,
+             metrics: Optional[dict[str, Any]] = None) -> Optional[Path]:
+        """Write `step-<step>/` (every process calls it), then drop checkpoints beyond `keep_last`.
+
+        `loop_state` (JSON): the loop's counters, restored through `load_latest`'s `apply`.
+        Returns the folder on the main process, None on the others.
+        """
+        name, acc = ck.step_name(step), self.accelerator
+        tmp = self._start(name)
+        try:
+            with self._weights_in_model_dir(model):
+                acc.save_state(str(tmp / ck.STATE_DIR))
+            full = self._full_weights(model)
+            acc.wait_for_everyone()  # every process's files are in tmp
+            path = None
+            if self.is_main:
+                self._fill_model(model, tmp, full)
+                (tmp / ck.LOOP_STATE).write_text(json.dumps(loop_state, indent=2, default=float) + "\n")
+                path = self._finish(tmp, name, "step", step, tokens_seen, metrics or {})
+                ck.rotate(self.root, self.keep_last)
+        except BaseException:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        acc.wait_for_everyone()
         return path
 
-    def save_best(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Path:
-        """Replace `best/` (model weights only: it is for generation and comparison, not for resuming)."""
-        return self._write(BEST, step, "best", lambda dst: self._fill_model(model, dst), tokens_seen, metrics)
+    def _save_model_only(self, name: str, kind: str, step: int, model: torch.nn.Module, tokens_seen: int,
+                         metrics: dict[str, Any]) -> Optional[Path]:
+        full = self._full_weights(model)
+        if not self.is_main:
+            return None
+        tmp = ck.tmp_dir(self.root, name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            self._fill_model(model, tmp, full)
+            return self._finish(tmp, name, kind, step, tokens_seen, metrics)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
-    def save_final(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Path:
+    def save_best(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Optional[Path]:
+        """Replace `best/` (weights and tokenizer only: for generation and comparison, not for resuming)."""
+        return self._save_model_only(ck.BEST, "best", step, model, tokens_seen, metrics)
+
+    def save_final(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Optional[Path]:
         """`hf-final/`: the trained model + tokenizer in one HF folder (`hf-final/model`), for transformers users."""
-        return self._write(FINAL, step, "final", lambda dst: self._fill_model(model, dst), tokens_seen, metrics)
+        return self._save_model_only(ck.FINAL, "final", step, model, tokens_seen, metrics)
 
-    def rotate(self) -> list[Path]:
-        """Delete all but the newest `keep_last` step checkpoints (damaged ones count as nothing)."""
-        steps = [c for c in list_checkpoints(self.root, include_best=False)]
-        removed = []
-        for c in steps[: max(0, len(steps) - self.keep_last)]:
-            shutil.rmtree(c.path, ignore_errors=True)
-            removed.append(c.path)
-        return removed
+    # ---- reading --------------------------------------------------------------------------------
+    def clean_partial(self) -> None:
+        """Remove the temporary folders of saves a crash interrupted (main process, before anything saves)."""
+        if self.is_main:
+            ck.clean_partial(self.root)
 
-    def latest_valid(self) -> Optional[CheckpointInfo]:
-        """The newest checkpoint whose manifest and file sizes check out (no loading)."""
-        for c in reversed(list_checkpoints(self.root, include_best=False)):
-            if verify(c.path) is None:
-                return c
-        return None
+    def _agree(self, problem: Optional[str], from_main: bool) -> Optional[str]:
+        """One answer on every process: the main process's (`from_main`), or the first process's problem."""
+        if self.accelerator.num_processes == 1:
+            return problem
+        if from_main:
+            from accelerate.utils import broadcast_object_list
 
-    def load_latest(self, apply: Callable[[CheckpointInfo, dict[str, Any]], None],
-                    warn: Callable[[str], None] = print) -> Optional[CheckpointInfo]:
-        """Load the newest checkpoint that loads; `apply(info, trainer_state)` restores it into the trainer.
+            return broadcast_object_list([problem])[0]
+        from accelerate.utils import gather_object
 
-        A checkpoint that fails verification or raises while loading is reported through `warn`
-        and the previous one is tried, so one damaged file costs `checkpoint.every` steps, not the run.
+        return next((p for p in gather_object([problem]) if p is not None), None)
+
+    def load_latest(self, model: torch.nn.Module, apply: Callable[[Checkpoint, dict[str, Any]], None],
+                    warn: Callable[[str], None] = print) -> Optional[Checkpoint]:
+        """Restore the newest step checkpoint that validates and loads (every process calls it).
+
+        `accelerator.load_state` restores optimizer, schedulers, scaler, RNG and registered objects;
+        `model`'s weights come from model/ (unless Accelerate holds them sharded in state/); then
+        `apply(checkpoint, loop_state)` restores the loop. A checkpoint that fails the deep validation
+        (sizes and sha256, on the main process) or raises while loading on any process is reported
+        through `warn` and the previous one is tried, so one damaged file costs `checkpoint.every`
+        steps, not the run. None when no checkpoint loads (a fresh start).
         """
-        for c in reversed(list_checkpoints(self.root, include_best=False)):
-            problem = verify(c.path)
+        acc = self.accelerator
+        for c in reversed(ck.list_checkpoints(self.root, kinds=("step",))):
+            problem = None
+            if self.is_main:
+                if not c.resumable:
+                    problem = (f"checkpoint {c.name} has format {c.format}, from an orch without Accelerate state: "
+                               "it loads for generation but cannot resume")
+                else:
+                    why = ck.validate(c.path, deep=True)
+                    problem = f"checkpoint {c.name} is damaged ({why})" if why else None
+            problem = self._agree(problem, from_main=True)
             if problem is None:
                 try:
-                    # weights_only=False: the file holds numpy RNG state; we wrote it ourselves
-                    state = torch.load(c.path / TRAINER_STATE, map_location="cpu", weights_only=False)
-                    apply(c, state)
-                    return c
+                    loop_state = json.loads(c.loop_state_path.read_text())
+                    with self._weights_in_model_dir(model):
+                        acc.load_state(str(c.state_dir))
+                    if not self.sharded:
+                        load_model_weights(acc.unwrap_model(model, keep_torch_compile=False), c.model_dir)
+                    apply(c, loop_state)
                 except Exception as exc:  # noqa: BLE001 - any failure means: try the previous one
-                    problem = f"{type(exc).__name__}: {exc}"
-            warn(f"checkpoint {c.path.name} is damaged ({problem}); falling back to the previous one")
+                    problem = f"checkpoint {c.name} is damaged ({type(exc).__name__}: {exc})"
+                problem = self._agree(problem, from_main=False)
+            if problem is None:
+                return c
+            warn(f"{problem}; falling back to the previous one")
         return None

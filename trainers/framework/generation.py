@@ -166,16 +166,16 @@ class CheckpointSource(Protocol):
 
 
 class RunCheckpoints:
-    """The checkpoints of a run folder, through `trainers.framework.checkpoint` (complete ones only)."""
+    """The step and best checkpoints of a run folder (complete ones: `orchestrator.record.checkpoints`)."""
 
     def __init__(self, run_dir: Any, device: str | torch.device = "cpu"):
         self.run_dir = run_dir
         self.device = device
 
     def list(self) -> list[CheckpointEntry]:
-        from trainers.framework.checkpoint import list_checkpoints
+        from orchestrator.record.checkpoints import list_checkpoints
 
-        found = list_checkpoints(self.run_dir)
+        found = list_checkpoints(self.run_dir, kinds=("step", "best"))
         newest = max((c.step for c in found if c.kind == "step"), default=None)
         return [
             CheckpointEntry(c.step, str(c.path), best=c.kind == "best", last=c.kind == "step" and c.step == newest)
