@@ -382,14 +382,19 @@ class Spec(Section):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        from orchestrator.lifecycle.provenance import SECRET_NAME
+        # A spec is copied into the run folder, job.sh and bundles: secrets are refused here
+        # (by name, or by a token-shaped value under any name) rather than masked later.
+        from orchestrator.secrets import is_secret_name, looks_like_secret
 
-        for key in v:
+        for key, value in v.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
-            if SECRET_NAME.search(key):
+            what = ("looks like a secret" if is_secret_name(key) else
+                    "has a value that looks like a secret (a token, key or password)" if looks_like_secret(value)
+                    else None)
+            if what:
                 raise ValueError(
-                    f"{key} looks like a secret: a spec is copied into the run folder and bundles. "
+                    f"{key} {what}: a spec is copied into the run folder, job.sh and bundles. "
                     f"Export it in your shell instead (jobs inherit the submitting environment)"
                 )
         return v

@@ -1,4 +1,4 @@
-"""Checkpoint selection, secret redaction and bundle naming (no subprocess)."""
+"""Checkpoint selection and bundle naming (no subprocess; secrets: test_secrets.py)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from orchestrator.preserve.ckptselect import select
-from orchestrator.preserve.bundle import is_secret_file, redact
 
 
 def _ck(root: Path, name: str, complete: bool = True) -> None:
@@ -47,21 +46,3 @@ def test_best_symlink_marker_file_and_fallback(tmp_path: Path) -> None:
 
 def test_missing_ckpt(tmp_path: Path) -> None:
     assert select(tmp_path / "nope", "best").folders == []
-
-
-def test_redact() -> None:
-    obj = {"env": {"WANDB_API_KEY": "abc", "HF_TOKEN": "x", "OMP_NUM_THREADS": "1"},
-           "tokens_per_sec": 5.0, "note": "hf_" + "a" * 30, "password": "p", "key_count": 3}
-    clean, changed = redact(obj)
-    assert changed
-    assert clean["env"]["WANDB_API_KEY"] != "abc" and clean["env"]["HF_TOKEN"] != "x"
-    assert clean["env"]["OMP_NUM_THREADS"] == "1" and clean["tokens_per_sec"] == 5.0 and clean["key_count"] == 3
-    assert "hf_aaaa" not in clean["note"] and clean["password"] != "p"
-    assert redact({"val_loss": 1.0})[1] is False
-
-
-def test_secret_files() -> None:
-    for n in (".env", "prod.env", "id_rsa", "id_ed25519.pub", "server.pem", "tls.key", ".netrc", "credentials.json"):
-        assert is_secret_file(n), n
-    for n in ("tokenizer.json", "metrics.json", "model.safetensors", "keys_to_success.txt"):
-        assert not is_secret_file(n), n
