@@ -221,15 +221,22 @@ class CheckpointSpec(Section):
     keep_last: int = Field(2, ge=1)
     keep_best: bool = True
     metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's direction (metrics:)")
     hf_format: bool = True
 
 
 class EarlyStoppingSpec(Section):
     metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's direction (metrics:)")
     patience: int = Field(10, ge=1, description="evaluations without improvement")
     min_delta: float = Field(0.0, ge=0)
+
+
+class MetricsSpec(Section):
+    """Which way is better for metrics whose names do not say (orchestrator/analysis/metrics.py)."""
+
+    direction: dict[str, Literal["min", "max"]] = Field(
+        default_factory=dict, description="metric -> min|max, e.g. {my_score: max}: best.<metric>, checkpoint.mode")
 
 
 class CheckSpec(Section):
@@ -338,6 +345,7 @@ class Spec(Section):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     early_stopping: Optional[EarlyStoppingSpec] = None
     checks: list[CheckSpec] = Field(default_factory=list, description="'expr' strings or {expr, severity, message}")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     sweep: Optional[SweepSpec] = None
@@ -398,6 +406,23 @@ class Spec(Section):
                     f"Export it in your shell instead (jobs inherit the submitting environment)"
                 )
         return v
+
+
+    @model_validator(mode="after")
+    def _metric_modes(self) -> "Spec":
+        """checkpoint.mode / early_stopping.mode default to their metric's known direction."""
+        from orchestrator.analysis.metrics import direction
+
+        for where, section in (("checkpoint", self.checkpoint), ("early_stopping", self.early_stopping)):
+            if section is None or section.mode is not None:
+                continue
+            mode = direction(section.metric, self.metrics.direction)
+            if mode is None:
+                raise ValueError(
+                    f"{where}.mode: whether a higher or lower {section.metric} is better is unknown; "
+                    f"set {where}.mode: min or max, or metrics: {{direction: {{{section.metric}: min|max}}}}")
+            section.mode = mode  # type: ignore[assignment]
+        return self
 
 
 def spec_class_for(trainer: Any) -> type[Spec]:
