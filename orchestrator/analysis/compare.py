@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from orchestrator.errors import UserError
-from orchestrator.analysis.rundata import LENGTH_KEY, RunData, flatten, is_number
+from orchestrator.analysis.metrics import flatten, is_number
+from orchestrator.analysis.rundata import LENGTH_KEY, RunData
 
 DEFAULT_METRICS = ("val_loss", "val_ppl")
 # Keys that differ between any two runs without saying anything about the experiment.

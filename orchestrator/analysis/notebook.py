@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.errors import UserError
-from orchestrator.analysis.rundata import RunData, flatten, is_bundle, is_number
+from orchestrator.analysis.metrics import flatten, is_number
+from orchestrator.analysis.rundata import RunData, is_bundle
 
 
 @dataclass

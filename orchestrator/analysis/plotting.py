@@ -10,7 +10,8 @@ import io
 from typing import Any, Iterable, Sequence
 
 from orchestrator.errors import UserError
-from orchestrator.analysis.rundata import RunData, finite
+from orchestrator.analysis.metrics import finite
+from orchestrator.analysis.rundata import RunData
 
 
 def _plt() -> Any:

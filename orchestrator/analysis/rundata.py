@@ -2,43 +2,25 @@
 
 Runs and bundles share a layout, so `orch compare`, `orch plot`, the README generator and the
 notebook API all read through this one module. It imports neither pandas nor matplotlib:
-callers that want DataFrames build them from these lists.
+callers that want DataFrames build them from these lists. Metric records are flattened and
+resolved as `orch check` does (`analysis.metrics`): `latent.f1`, not a nested `latent` dict.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator.analysis.metrics import (MAX, direction, final_values, finite, flatten, is_number, metric_values,
+                                           spec_directions)
 from orchestrator.record.atomicio import read_json, read_jsonl
 from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
 
 BUNDLE_META = "PRESERVED.json"  # written by `orch preserve` next to MANIFEST.sha256
 LENGTH_KEY = re.compile(r"^val_ppl@(\d+(?:\.\d+)?)x$")
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def finite(v: Any) -> bool:
-    return is_number(v) and math.isfinite(float(v))
 
 
 @dataclass
@@ -81,11 +63,13 @@ class RunData:
 
     @cached_property
     def history(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.paths.metrics_history)
+        """eval/metrics_history.jsonl, each record flattened (`latent.f1`)."""
+        return [flatten(r) for r in read_jsonl(self.paths.metrics_history)]
 
     @cached_property
     def diagnostics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.paths.diagnostics)
+        """logs/train_diagnostics.jsonl, each record flattened."""
+        return [flatten(r) for r in read_jsonl(self.paths.diagnostics)]
 
     @cached_property
     def checks(self) -> dict[str, Any]:
@@ -118,33 +102,30 @@ class RunData:
     # -- metrics -----------------------------------------------------------------------
     def section(self, name: str) -> dict[str, Any]:
         s = self.metrics.get(name)
-        return flatten(s) if isinstance(s, Mapping) else {}
+        return metric_values(s) if isinstance(s, Mapping) else {}
 
-    def final(self) -> dict[str, Any]:
-        """metrics.json `final`, else the last history row, else top-level numbers."""
-        out = self.section("final")
-        if not out and self.history:
-            out = dict(self.history[-1])
-        if not out:
-            out = {k: v for k, v in self.metrics.items() if is_number(v)}
-        return out
+    def final(self, *, train: bool = True) -> dict[str, Any]:
+        """Every metric's final value, exactly the bare names `orch check` sees: the newest
+        train-diagnostics value (unless `train=False`), then history, then metrics.json."""
+        return final_values(self.metrics, self.history, self.diagnostics if train else ())
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
-        """metrics.json `best`, else the history row with the lowest val_loss (or `metric`)."""
+        """metrics.json `best`, else the history row where `metric` (default: the checkpoint's)
+        was best by its direction; {} when the direction is unknown (see analysis.metrics)."""
         out = self.section("best")
         if out:
             return out
         key = metric or self._checkpoint_metric()
+        way = direction(key, spec_directions(self.spec))
         rows = [r for r in self.history if finite(r.get(key))]
-        if not rows:
+        if not rows or way is None:
             return {}
-        higher = str((self.spec.get("checkpoint") or {}).get("mode", "min")) == "max"
-        return dict((max if higher else min)(rows, key=lambda r: float(r[key])))
+        return metric_values((max if way == MAX else min)(rows, key=lambda r: float(r[key])))
 
     def at_step(self, step: int) -> dict[str, Any]:
         """The last history row at or before `step` (an empty dict when none)."""
         rows = [r for r in self.history if is_number(r.get("step")) and r["step"] <= step]
-        return dict(rows[-1]) if rows else {}
+        return metric_values(rows[-1]) if rows else {}
 
     def at(self, where: str) -> dict[str, Any]:
         if where == "best":

@@ -5,7 +5,8 @@ node-failed run should be resubmitted, a tokenization error must not be (it woul
 The class comes from, in order: the backend's word (NODE_FAIL, OUT_OF_MEMORY, TIMEOUT,
 PREEMPTED), a cancel request, the exit code and signal, and the *tail* of the attempt's stderr
 and stdout (read backwards from the end, so a 10 GB log costs the same as a small one). The
-result is recorded in run.json as `failure: {class, evidence, summary, ...}`.
+result is recorded in run.json as `failure: {class, evidence, summary, ...}`; every evidence and
+exception line is masked by `orchestrator.secrets.redact` first.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Optional
 from orchestrator.record.atomicio import tail_jsonl
 from orchestrator.record.record import now_iso
 from orchestrator.record.tree import Run
+from orchestrator.secrets import redact
 from orchestrator.record.states import EXIT_REQUEUE
 
 TAIL_BYTES = 64 * 1024
@@ -43,27 +45,6 @@ class Diagnosis:
              "exception": self.exception, "exit_code": self.exit_code, "signal": self.signal,
              "attempt": self.attempt, "diagnosed_at": now_iso()}
         return {k: v for k, v in d.items() if v is not None}
-
-
-# ------------------------------------------------------------------------------ secrets
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)\b((?:[A-Z0-9_]*_)?(?:token|secret|password|passwd|api[_-]?key|access[_-]?key|auth)"
-               r"[A-Z0-9_]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"),
-    re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}"
-               r"|AKIA[0-9A-Z]{16})\b"),
-    re.compile(r"(?i)(https?://)([^/\s:@]+):([^@\s/]+)@"),  # user:password@host
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})"),
-]
-
-
-def redact(text: str) -> str:
-    """Mask things that look like credentials before a log line is stored, printed or sent."""
-    text = _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}***", text)
-    text = _SECRET_PATTERNS[1].sub("***", text)
-    text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", text)
-    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(0) if m.group(3) in ("***", "Bearer", "bearer")
-                                   else f"{m.group(1)}{m.group(2)}***", text)
-    return text
 
 
 # ------------------------------------------------------------------------------ reading tails

@@ -2,8 +2,9 @@
 
 Why: success criteria used to live in notebooks and were checked by hand in the morning. This
 module turns a run folder into a flat table of metric names (`val_loss`, `best.val_loss`,
-`last.loss`, `latent.first_token_acc`) and evaluates each check expression against it with the
-safe evaluator in `checkexpr`. A check that names a metric the run does not have is reported as
+`last.loss`, `latent.first_token_acc`; names, final values and directions as defined once in
+`orchestrator.analysis.metrics`, which `orch compare` reads too) and evaluates each check
+expression against it with the safe evaluator in `checks.expr`. A check that names a metric the run does not have is reported as
 UNKNOWN with a suggestion, never as a silent pass. Nothing here imports torch: checkpoints are
 judged by their manifest, COMPLETE marker and file sizes (`orchestrator.record.checkpoints`).
 """
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from orchestrator.analysis.metrics import (as_number, direction, final_values, flatten, is_number as _is_number,
+                                           metric_values, spec_directions)
 from orchestrator.record.atomicio import atomic_write_json
 from orchestrator.checks.expr import CheckSyntaxError, UnknownMetric, compile_check
 from orchestrator.record import checkpoints as ckpts
@@ -29,9 +32,6 @@ from orchestrator.record.states import State
 
 PASS, FAIL, UNKNOWN, ERROR, NOTE, SKIP = "pass", "fail", "unknown", "error", "note", "skip"
 
-# Metrics where a larger value is better; everything else (losses, perplexities, gaps) is minimised.
-_HIGHER_IS_BETTER = ("acc", "accuracy", "rank", "diversity", "f1", "em", "exact", "bleu", "rouge",
-                     "score", "recall", "precision", "auc", "throughput", "tokens_per_s", "tok_s")
 _LOSS_KEYS = ("loss", "train_loss", "val_loss")
 _DEFAULT_STALL = 600.0
 
@@ -76,24 +76,40 @@ class RunVerdict:
     def failing(self) -> list[CheckResult]:
         return [r for r in self.results if r.blocking]
 
+    @property
+    def summary(self) -> str:
+        return summarize(self.results)
+
     def to_dict(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
-        judged = [r for r in self.results if r.status in (PASS, FAIL, UNKNOWN, ERROR)]
-        ok = sum(1 for r in judged if r.status == PASS)
-        summary = f"{ok}/{len(judged)} pass" + (f"; failing: {', '.join(r.name for r in self.failing)}"
-                                                 if self.failing else "")
         return {
             "run_id": self.run_id,
             "state": self.state,
             "checked_at": self.checked_at,
             "passed": self.passed,
-            "summary": summary,
+            "summary": self.summary,
             "counts": counts,
             "failing": [r.name for r in self.failing],
             "results": [r.to_dict() for r in self.results],
         }
+
+
+JUDGED = (PASS, FAIL, UNKNOWN, ERROR)
+
+
+def summarize(results: Iterable[CheckResult]) -> str:
+    """The one-line verdict `orch check` prints and `orch status` shows (from run.json's copy):
+    `7/7 pass`, `6/7 pass` (a warn-level check failed: the verdict still passes), `1/2 pass
+    FAILED` (an error-level check did not pass). Only judged checks count, in both numbers:
+    pass, fail, unknown and error; skips (not applicable yet) and notes (information) in neither.
+    """
+    results = list(results)
+    judged = [r for r in results if r.status in JUDGED]
+    ok = sum(1 for r in judged if r.status == PASS)
+    text = f"{ok}/{len(judged)} pass" if judged else "nothing judged"
+    return text + (" FAILED" if any(r.blocking for r in results) else "")
 
 
 def _jsonable(v: Any) -> Any:
@@ -174,58 +190,19 @@ def read_records(paths: RunPaths) -> Records:
     return rec
 
 
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
-              "infinity": math.inf, "-infinity": -math.inf}
-
-
-def as_number(v: Any) -> Any:
-    """Trainers write NaN as null and inf as "inf" (strict JSON); turn those back into floats."""
-    if v is None:
-        return math.nan
-    if isinstance(v, str) and v.strip().lower() in _NONFINITE:
-        return _NONFINITE[v.strip().lower()]
-    return v
-
-
-def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"latent": {"first_token_acc": 0.3}}` -> `{"latent.first_token_acc": 0.3}` (scalars only;
-    null becomes NaN, so a check on a NaN metric fails instead of reporting it unknown)."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            out[name] = as_number(value)
-    return out
-
-
-def higher_is_better(name: str, spec_metric: str | None = None, spec_mode: str | None = None) -> bool:
-    """Direction of `best.<name>`: the spec's checkpoint metric/mode wins, then the name decides."""
-    base = name.rsplit(".", 1)[-1]
-    if spec_metric and spec_mode and base == spec_metric.rsplit(".", 1)[-1]:
-        return spec_mode == "max"
-    low = base.lower()
-    if any(t in low for t in ("loss", "ppl", "perplexity", "gap", "error", "err")):
-        return False
-    return any(t in low for t in _HIGHER_IS_BETTER)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def build_metrics(rec: Records, *, best_metric: str | None = None, best_mode: str | None = None) -> dict[str, Any]:
+def build_metrics(rec: Records, *, directions: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The namespace checks see.
 
-    - `name`: the final value: metrics.json (`final` section, then top level), else the newest
-      record of metrics_history.jsonl holding it, else of train_diagnostics.jsonl.
+    - `name`: the final value (`analysis.metrics.final_values`): metrics.json (`final` section,
+      then top level), else the newest record of metrics_history.jsonl holding it, else of
+      train_diagnostics.jsonl.
     - `last.name` / `latest.name`: the newest logged value (history, then diagnostics).
     - `first.name`, `min.name`, `max.name`: over the logged values.
-    - `best.name`: metrics.json's `best` section, else min or max over the history by direction.
+    - `best.name`: metrics.json's `best` section, else min or max over the logged values by the
+      metric's direction (`analysis.metrics.direction` with the spec's `directions`); a metric
+      whose direction is unknown has no `best.` value (a check on it says why).
     Nested keys are flattened with dots (`latent.first_token_acc`).
     """
-    final: dict[str, Any] = {}
     last: dict[str, Any] = {}
     first: dict[str, Any] = {}
     lo: dict[str, Any] = {}
@@ -234,25 +211,16 @@ def build_metrics(rec: Records, *, best_metric: str | None = None, best_mode: st
     for source in (rec.diagnostics, rec.history):
         seen_first: dict[str, Any] = {}
         for r in source:
-            for k, v in flatten(r).items():
+            for k, v in metric_values(r).items():
                 last[k] = v
                 seen_first.setdefault(k, v)
                 if _is_number(v) and not (isinstance(v, float) and math.isnan(v)):
                     lo[k] = v if k not in lo else min(lo[k], v)
                     hi[k] = v if k not in hi else max(hi[k], v)
         first.update(seen_first)
-    final.update(last)
-    best_from_file: dict[str, Any] = {}
-    if rec.metrics:
-        m = rec.metrics
-        sections = {"final", "best", "last", "latest"}
-        top = {k: v for k, v in m.items() if k not in sections}
-        final.update(flatten(top))
-        for sec in ("last", "latest", "final"):
-            if isinstance(m.get(sec), Mapping):
-                final.update(flatten(m[sec]))
-        if isinstance(m.get("best"), Mapping):
-            best_from_file = flatten(m["best"])
+    final = final_values(rec.metrics, rec.history, rec.diagnostics)  # what `orch compare` calls final
+    best_from_file = (metric_values(rec.metrics["best"])
+                      if rec.metrics and isinstance(rec.metrics.get("best"), Mapping) else {})
     out: dict[str, Any] = dict(final)
     for k, v in last.items():
         out[f"last.{k}"] = v
@@ -262,7 +230,9 @@ def build_metrics(rec: Records, *, best_metric: str | None = None, best_mode: st
     for k in lo:
         out[f"min.{k}"] = lo[k]
         out[f"max.{k}"] = hi[k]
-        out[f"best.{k}"] = hi[k] if higher_is_better(k, best_metric, best_mode) else lo[k]
+        way = direction(k, directions)
+        if way is not None:
+            out[f"best.{k}"] = hi[k] if way == "max" else lo[k]
     for k, v in best_from_file.items():
         out[f"best.{k}"] = v
     # the newest final values also under last./latest. when only metrics.json has them
@@ -336,9 +306,14 @@ def evaluate_check(expr: str, table: Mapping[str, Any], *, severity: str = "erro
         value = compiled.evaluate(view)
     except UnknownMetric as exc:
         res.status = UNKNOWN
+        base = exc.name[len("best."):] if exc.name.startswith("best.") else None
         hint = suggest(exc.name, view.table)
-        res.detail = f"unknown metric {exc.name!r}" + (f"; did you mean {hint}?" if hint else
-                                                         " (the run logged no such value)")
+        if base is not None and f"min.{base}" in view:
+            res.detail = (f"{exc.name}: whether a higher or lower {base} is better is unknown; say so in the spec "
+                          f"(metrics: {{direction: {{{base}: max}}}} or min), or check min.{base} / max.{base}")
+        else:
+            res.detail = f"unknown metric {exc.name!r}" + (f"; did you mean {hint}?" if hint else
+                                                             " (the run logged no such value)")
         res.measured = dict(view.read)
         return res
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, ArithmeticError) as exc:
@@ -620,10 +595,8 @@ def check_run(run: Run, now: float | None = None) -> RunVerdict:
     state = run.state
     spec, spec_problem = _load_spec(run)
     stall_after = _DEFAULT_STALL
-    best_metric = best_mode = None
     if spec is not None:
         stall_after = parse_duration(spec.monitor.stall_after)
-        best_metric, best_mode = spec.checkpoint.metric, spec.checkpoint.mode
     rec = read_records(run.paths)
     attempts = len(rec_json.get("attempts") or []) or 1
     results = builtin_checks(run.paths, rec, state, attempts=attempts, stall_after=stall_after, now=now,
@@ -631,7 +604,7 @@ def check_run(run: Run, now: float | None = None) -> RunVerdict:
     if spec_problem:
         results.append(CheckResult("builtin:spec", "builtin", "error", ERROR, spec_problem))
     if spec is not None and spec.checks:
-        table = build_metrics(rec, best_metric=best_metric, best_mode=best_mode)
+        table = build_metrics(rec, directions=spec_directions(spec))
         for c in spec.checks:
             results.append(evaluate_check(c.expr, table, severity=c.severity, message=c.message))
     return RunVerdict(run.run_id, str(state), results)
@@ -642,10 +615,8 @@ def write_verdict(run: Run, verdict: RunVerdict) -> None:
     atomic_write_json(run.paths.checks, verdict.to_dict())
 
     def mutate(rec: dict[str, Any]) -> None:
-        passed = sum(1 for r in verdict.results if r.status == PASS)
         rec["checks"] = {"passed": verdict.passed, "failing": [r.name for r in verdict.failing],
-                         "summary": f"{passed}/{len(verdict.results)}" + ("" if verdict.passed else " FAIL"),
-                         "checked_at": verdict.checked_at}
+                         "summary": verdict.summary, "checked_at": verdict.checked_at}
     if run.paths.run_json.exists():
         run.annotate(mutate)
 

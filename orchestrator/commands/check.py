@@ -2,7 +2,9 @@
 
 Why a command and not a notebook cell: the verdict lands in each run's `checks.json` (written
 atomically), and the exit code (0 all error-severity checks pass, 1 otherwise) lets scripts and
-`orch monitor` act on it.
+`orch monitor` act on it. Each run's header line ends with the verdict summary (`7/7 pass`,
+`1/2 pass FAILED`: judged checks only, see `checks.judge.summarize`), the same string
+`orch status` shows in its CHECKS column and `--json` gives as `summary`.
 """
 from __future__ import annotations
 
@@ -47,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
 def print_table(verdicts: list[RunVerdict], quiet: bool = False, file: Any = None) -> None:
     file = file or sys.stdout
     for v in verdicts:
-        verdict = "PASSED" if v.passed else "FAILED"
-        print(f"{v.run_id}  [{v.state}]  {verdict}", file=file)
+        print(f"{v.run_id}  [{v.state}]  {v.summary}", file=file)
         rows = [r for r in v.results if not quiet or r.status not in (PASS, "skip", "note")]
         if not rows:
             continue

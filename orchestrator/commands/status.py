@@ -1,7 +1,9 @@
 """`orch status [RUN...] [--json] [--watch S] [--state S] [--name N] [--all]`: every run at a glance.
 
 Reads only small files per run (run.json, heartbeat.json, the last line of the metrics history
-read from the end, checks.json) and asks each backend once per call.
+read from the end) and asks each backend once per call. CHECKS is the verdict summary the last
+`orch check` (or monitor pass) stored in run.json (`checks.judge.summarize`: `7/8 pass`,
+`1/2 pass FAILED`), the very string `orch check` printed; `-` before any check.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """What produced a run: command line, git commit and dirty diff, versions, host.
 
-Secrets never land here: environment variables whose names look like credentials are dropped,
-and values that look like tokens are masked even under innocent names.
+Secrets never land here (orchestrator/secrets.py decides what is one): of the environment
+only a whitelist of reproducibility variables is kept, and of those any secret by name or by
+value shape is dropped; the command line is masked (`--token X`, `--set env.X=...`,
+token-shaped words), and the uncommitted diff has token shapes and quoted secret literals masked.
 """
 from __future__ import annotations
 
@@ -15,28 +17,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# Whole name components (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD), so TOKENIZERS_PARALLELISM is not one.
-SECRET_NAME = re.compile(
-    r"(?:^|_)(?:TOKEN|TOKENS|KEY|KEYS|SECRET|SECRETS|PASSWORD|PASSWD|PASS|PWD|CREDENTIALS?|AUTH|COOKIE|SESSION|PRIVATE)(?:_|$)"
-    r"|APIKEY|ACCESSKEY|SECRETKEY",
-    re.IGNORECASE,
-)
-SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|xox[abp]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})$")
+from orchestrator.secrets import redact, redact_argv, secret_env
+
 # Environment worth recording for reproducibility (everything else is noise or private).
 KEEP_ENV = re.compile(r"^(SLURM_|CUDA_|NCCL_|OMP_|MKL_|PYTHON|TORCH|HF_HOME|HF_DATASETS_OFFLINE|HF_HUB_OFFLINE|TRANSFORMERS_|ACCELERATE_|ORCH_|CONDA_DEFAULT_ENV|VIRTUAL_ENV|PATH$|HOSTNAME$|USER$)")
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy", "submitit", "pydantic", "orch")
 
 
 def safe_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment minus anything that could be a credential."""
+    """The reproducibility-relevant environment minus anything that could be a credential."""
     env = dict(os.environ if env is None else env)
-    out = {}
-    for key, value in sorted(env.items()):
-        if SECRET_NAME.search(key) or SECRET_VALUE.match(value or ""):
-            continue
-        if KEEP_ENV.match(key):
-            out[key] = value
-    return out
+    kept = {k: v for k, v in sorted(env.items()) if KEEP_ENV.match(k)}
+    drop = set(secret_env(kept))
+    return {k: v for k, v in kept.items() if k not in drop}
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -57,7 +50,7 @@ def git_info(cwd: Path) -> tuple[dict[str, Any], str]:
     branch = (_git(["rev-parse", "--abbrev-ref", "HEAD"], root) or "").strip() or None
     diff = _git(["diff", "HEAD", "--binary"], root) if commit else ""
     status = _git(["status", "--porcelain"], root) or ""
-    return {"repo": str(root), "commit": commit, "branch": branch, "dirty": bool(status.strip())}, diff or ""
+    return {"repo": str(root), "commit": commit, "branch": branch, "dirty": bool(status.strip())}, redact(diff or "", code=True)
 
 
 def package_versions() -> dict[str, str]:
@@ -75,7 +68,8 @@ def collect(spec_path: Path | None, argv: list[str] | None = None) -> tuple[dict
     cwd = Path(spec_path).resolve().parent if spec_path else Path.cwd()
     git, patch = git_info(cwd)
     record = {
-        "command": [os.path.basename(sys.argv[0]) if argv is None else "orch", *(sys.argv[1:] if argv is None else argv)],
+        "command": redact_argv([os.path.basename(sys.argv[0]) if argv is None else "orch",
+                                *(sys.argv[1:] if argv is None else argv)]),
         "cwd": os.getcwd(),
         "spec_file": str(Path(spec_path).resolve()) if spec_path else None,
         "git": git,

@@ -19,7 +19,7 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any, Iterable, Optional, TextIO
 
-from orchestrator.checks.diagnose import redact
+from orchestrator.secrets import redact
 
 HOOK_TIMEOUT = 30.0
 WEBHOOK_TIMEOUT = 10.0

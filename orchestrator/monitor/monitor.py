@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 from orchestrator.record.atomicio import append_jsonl, atomic_write_text, file_lock
 from orchestrator.record import record
 from orchestrator.record.record import NOT_DIAGNOSED, IllegalTransition, attempt_n, current_attempt, current_job_id
-from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure, redact
+from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure
+from orchestrator.secrets import redact_mapping
 from orchestrator.errors import OrchError, UserError
 from orchestrator.record.record import now_iso
 from orchestrator.record.tree import ResultsRoot, Run
@@ -58,11 +59,7 @@ class Monitor:
         ev: dict[str, Any] = {"time": now_iso(), "ts": round(self.now(), 3), "event": kind}
         if run is not None:
             ev.update(run_id=run.run_id, name=run.name, run_dir=str(run.paths.root))
-        for k, v in fields.items():
-            if v is None:
-                continue
-            ev[k] = redact(v) if isinstance(v, str) else ([redact(x) if isinstance(x, str) else x for x in v]
-                                                          if isinstance(v, list) else v)
+        ev.update(redact_mapping({k: v for k, v in fields.items() if v is not None}))
         append_jsonl(self.root.root / EVENTS_NAME, ev)
         self.events.append(ev)
         return ev

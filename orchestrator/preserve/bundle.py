@@ -5,11 +5,16 @@ folder, carries a generated README with plots, and a `MANIFEST.sha256` computed 
 (one read per file). It is built in a hidden temporary folder and renamed into place only when
 complete, so a killed preserve never leaves a bundle that looks whole. Preserving an unchanged
 run again is a no-op (the planned manifest equals the existing one); a changed run needs
---force. Symlinks leaving the run folder are never followed, and secrets are never copied.
+--force. Symlinks leaving the run folder are never followed, and secrets are never copied:
+credential files (`.env`, `id_rsa`, ...) are skipped, and every text file (spec.yaml, job.sh,
+logs, JSON, checkpoint spec copies), the generated README and PRESERVED.json go through
+`orchestrator.secrets` (large ones streamed line by line), so the bundle and its archive hold
+the masked text only.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -19,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Callable, Iterable, Union
 
 from orchestrator.record.atomicio import file_lock, read_json
 from orchestrator.record.checkpoints import POLICIES, restate_file, select
@@ -29,22 +34,18 @@ from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, diff_man
 from orchestrator.record.paths import check_name, inside
 from orchestrator.record.tree import Run
 from orchestrator.analysis.rundata import BUNDLE_META, RunData
+from orchestrator.secrets import is_secret_file, is_text_file, redact, redact_file, redact_mapping, redact_stream
 
 ARCHIVES = ("tar", "tar.gz", "tar.zst")
-# Files never copied, whatever their folder: credentials and keys (defence in depth).
-SECRET_FILE = re.compile(
-    r"(^\.env($|\.)|\.env$|\.pem$|\.key$|\.p12$|\.pfx$|\.jks$|\.keystore$|^id_(rsa|dsa|ecdsa|ed25519)|"
-    r"^\.?netrc$|^\.git-credentials$|^credentials(\.json)?$|^\.?pypirc$|^\.?npmrc$|^(hf_)?token$|\.token$|"
-    r"secret|password)", re.IGNORECASE)
 # Run-time files that describe a live process, not a result.
 RUNTIME = {"heartbeat.json"}
-# Keys whose string values are redacted in JSON/YAML we copy or write.
-SECRET_KEY = re.compile(r"(^|[_\-.])(token|api_?key|key|secret|password|passwd|pass|credentials?|"
-                        r"private_?key|auth|cookie|session)($|[_\-.]|s$)", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|"
-                          r"xox[abp]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})")
-REDACTED = "<redacted by orch preserve>"
+# Text files up to this size are redacted in memory (YAML/JSON structurally); larger ones are
+# streamed through the line redactor while copying (checkpoint files are always read whole, so
+# a checkpoint manifest's sizes can be corrected).
 _SANITIZE_MAX = 16 * 1024 * 1024
+# Tokenizer data written by training, not by a person: never rewritten (a long vocabulary entry
+# must not be mistaken for a key).
+_MODEL_DATA = {"tokenizer.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "tokenizer.model"}
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Item:
     src: Path | None = None
     data: bytes | None = None
     link: bool = False  # a checkpoint file: reflink/hard link allowed
+    stream_redact: bool = False  # a large text file: copied through the line redactor
 
     @property
     def size(self) -> int:
@@ -66,7 +68,14 @@ class Item:
             return 0
 
     def digest(self) -> str:
-        return hash_bytes(self.data) if self.data is not None else hash_file(self.src)  # type: ignore[arg-type]
+        if self.data is not None:
+            return hash_bytes(self.data)
+        if self.stream_redact:
+            h = hashlib.sha256()
+            for chunk in redact_stream(self.src):  # type: ignore[arg-type]
+                h.update(chunk)
+            return h.hexdigest()
+        return hash_file(self.src)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -82,7 +91,9 @@ class Plan:
 
 
 @dataclass
-class Outcome:
+class PreserveResult:
+    """What `preserve` did (not to be confused with a trainer's `Outcome`)."""
+
     path: Path
     status: str  # created | unchanged | replaced
     files: int = 0
@@ -93,65 +104,19 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------ secrets
-def redact(obj: Any) -> tuple[Any, bool]:
-    """Mask string values under secret-looking keys, and values that look like tokens."""
-    if isinstance(obj, dict):
-        changed = False
-        out = {}
-        for k, v in obj.items():
-            if isinstance(v, str) and SECRET_KEY.search(str(k)) and v:
-                out[k], changed = REDACTED, True
-                continue
-            out[k], c = redact(v)
-            changed |= c
-        return out, changed
-    if isinstance(obj, list):
-        pairs = [redact(v) for v in obj]
-        return [p[0] for p in pairs], any(p[1] for p in pairs)
-    if isinstance(obj, str) and SECRET_VALUE.search(obj):
-        return SECRET_VALUE.sub(REDACTED, obj), True
-    return obj, False
-
-
-def _sanitized(path: Path, rel: str) -> bytes | None:
-    """Redacted bytes of a top-level JSON/YAML/shell file when it holds a secret, else None."""
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml", ".sh") or path.stat().st_size > _SANITIZE_MAX:
-        return None
+def _sanitize(src: Path, rel: str, *, whole: bool = False) -> tuple[bytes | None, bool]:
+    """(redacted bytes, stream) of a text file: bytes when a small file (or, with `whole`, any)
+    held a secret, stream when a large one must be copied through the line redactor; else
+    (None, False)."""
+    if not is_text_file(rel) or Path(rel).name in _MODEL_DATA:
+        return None, False
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if suffix == ".sh":
-        lines, changed = [], False
-        for line in text.splitlines(keepends=True):
-            m = re.match(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)=", line)
-            if (m and SECRET_KEY.search(m.group(2))) or SECRET_VALUE.search(line):
-                line = (f"{m.group(1)}{m.group(2)}='{REDACTED}'\n" if m else SECRET_VALUE.sub(REDACTED, line))
-                changed = True
-            lines.append(line)
-        return "".join(lines).encode() if changed else None
-    try:
-        if suffix == ".json":
-            obj = json.loads(text)
-        else:
-            import yaml
-
-            obj = yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 - unparseable: fall back to a value scan
-        return SECRET_VALUE.sub(REDACTED, text).encode() if SECRET_VALUE.search(text) else None
-    clean, changed = redact(obj)
-    if not changed:
-        return None
-    if suffix == ".json":
-        return (json.dumps(clean, indent=2) + "\n").encode()
-    import yaml
-
-    return yaml.safe_dump(clean, sort_keys=False).encode()
-
-
-def is_secret_file(name: str) -> bool:
-    return bool(SECRET_FILE.search(name))
+        if not whole and src.stat().st_size > _SANITIZE_MAX:
+            with open(src, "rb") as fh:
+                return None, b"\0" not in fh.read(8192)  # binary: copied as it is
+        return redact_file(rel, src.read_bytes()), False
+    except OSError:
+        return None, False
 
 
 # ------------------------------------------------------------------------------ planning
@@ -202,10 +167,10 @@ def _collect(root: Path, sub: str, plan: Plan, *, link: bool = False, top: bool 
         elif not entry.is_file(follow_symlinks=False):
             plan.skipped.append(f"{full_rel} (not a regular file)")
             continue
-        data = _sanitized(src, full_rel) if len(parts) == 1 or parts[-1] == "spec.yaml" else None
+        data, stream = _sanitize(src, full_rel, whole=link)
         if data is not None:
             plan.notes.append(f"{full_rel}: secret-looking values redacted")
-        plan.items.append(Item(full_rel, src=src, data=data, link=link))
+        plan.items.append(Item(full_rel, src=src, data=data, link=link and data is None, stream_redact=stream))
 
 
 def plan_bundle(d: RunData, checkpoints: str = "best") -> Plan:
@@ -266,11 +231,11 @@ def _generate(plan: Plan, checkpoints: str) -> None:
     meta = {"format": 1, "generator": "orch preserve", "run_id": d.run_id, "name": d.name,
             "state": d.state, "source": str(d.root.resolve()), "checkpoints": checkpoints,
             "checkpoint_roles": plan.roles, "skipped": sorted(plan.skipped)}
-    meta, _ = redact(meta)
+    meta = redact_mapping(meta)
     plan.items.append(Item(BUNDLE_META, data=(json.dumps(meta, indent=2) + "\n").encode()))
     files = {i.rel: i.size for i in plan.items}
-    readme = render_readme(d, checkpoints=checkpoints, roles=plan.roles, plots=plots, files=files,
-                           skipped=sorted(plan.skipped))
+    readme = redact(render_readme(d, checkpoints=checkpoints, roles=plan.roles, plots=plots, files=files,
+                                  skipped=sorted(plan.skipped)))
     if "README.md" in taken:  # the run wrote its own README: keep it, add ours beside it
         plan.items.append(Item("README.orch.md", data=readme.encode()))
     else:
@@ -295,6 +260,18 @@ def _write_new(dst: Path, data: bytes) -> str:
     return hash_bytes(data)
 
 
+def _write_stream(dst: Path, chunks: Iterable[bytes]) -> str:
+    """Write `chunks` to a new file (as `_write_new` does), hashing them; the sha256."""
+    h = hashlib.sha256()
+    with os.fdopen(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fh:
+        for chunk in chunks:
+            h.update(chunk)
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return h.hexdigest()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -316,6 +293,8 @@ def build(plan: Plan, tmp: Path, *, link: bool) -> tuple[dict[str, str], int]:
             dirs.update([dst.parent, *dst.parent.parents])
         if item.data is not None:
             manifest[item.rel] = _write_new(dst, item.data)
+        elif item.stream_redact:
+            manifest[item.rel] = _write_stream(dst, redact_stream(item.src))  # type: ignore[arg-type]
         else:
             assert item.src is not None
             digest, how = copy_hashed(item.src, dst, link=link and item.link)
@@ -431,7 +410,7 @@ def _as_data(run: RunLike) -> RunData:
 
 
 def preserve(run: RunLike, dest: Path | str, *, checkpoints: str = "best", archive: str | None = None,
-             force: bool = False, copy: bool = False, log: Callable[[str], None] | None = None) -> Outcome:
+             force: bool = False, copy: bool = False, log: Callable[[str], None] | None = None) -> PreserveResult:
     """Preserve one run into `dest`; see the module docstring for the guarantees."""
     try:
         return _preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, copy=copy, log=log)
@@ -442,7 +421,7 @@ def preserve(run: RunLike, dest: Path | str, *, checkpoints: str = "best", archi
 
 
 def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str | None, force: bool,
-              copy: bool, log: Callable[[str], None] | None) -> Outcome:
+              copy: bool, log: Callable[[str], None] | None) -> PreserveResult:
     say = log or (lambda s: None)
     d = _as_data(run)
     if archive is not None and archive not in ARCHIVES:
@@ -465,7 +444,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
             if existing is not None:
                 new = planned_manifest(plan)
                 if new == existing and _looks_intact(target, existing):
-                    return Outcome(target, "unchanged", len(new), sum(i.size for i in plan.items),
+                    return PreserveResult(target, "unchanged", len(new), sum(i.size for i in plan.items),
                                    seconds=time.monotonic() - started, notes=plan.notes)
                 if not force:
                     changes = diff_manifests(existing, new) or ["files are missing from the existing bundle"]
@@ -494,7 +473,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
                     shutil.rmtree(leftover, ignore_errors=True)
                 elif archive and leftover.exists():
                     leftover.unlink()
-    return Outcome(target, status, len(manifest), sum(i.size for i in plan.items), linked,
+    return PreserveResult(target, status, len(manifest), sum(i.size for i in plan.items), linked,
                    time.monotonic() - started, plan.notes)
 
 

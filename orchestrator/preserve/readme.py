@@ -3,7 +3,8 @@
 Researchers used to write this by hand: configuration, key results, checks, diagnostics, GPU
 memory, what went wrong. Generating it makes every bundle self-explaining. The text depends
 only on the run's files (no timestamps of its own), so re-preserving an unchanged run yields
-the same README and the same manifest.
+the same README and the same manifest. The bundle passes the finished text through
+`orchestrator.secrets.redact` (a failure's evidence or a diagnostics value may quote a secret).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import re
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
-from orchestrator.analysis.rundata import RunData, flatten, is_number
+from orchestrator.analysis.metrics import flatten, is_number
+from orchestrator.analysis.rundata import RunData
 
 # The control plane's sections shown as configuration; a trainer's own sections (any other mapping) come first.
 _CONFIG_SECTIONS = ("train", "eval", "checkpoint", "early_stopping", "resources")
@@ -60,7 +62,7 @@ def _config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _results_rows(d: RunData) -> list[tuple[str, Any, Any]]:
-    final, best = d.final(), d.best()
+    final, best = d.final(train=False), d.best()  # evaluation results; training's are summarised below
     keys = list(dict.fromkeys(list(final) + list(best)))
     rows = []
     for k in keys:

@@ -139,15 +139,22 @@ class CheckpointSpec(Section):
     keep_last: int = Field(2, ge=1)
     keep_best: bool = True
     metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's direction (metrics:)")
     hf_format: bool = True
 
 
 class EarlyStoppingSpec(Section):
     metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's direction (metrics:)")
     patience: int = Field(10, ge=1, description="evaluations without improvement")
     min_delta: float = Field(0.0, ge=0)
+
+
+class MetricsSpec(Section):
+    """Which way is better for metrics whose names do not say (orchestrator/analysis/metrics.py)."""
+
+    direction: dict[str, Literal["min", "max"]] = Field(
+        default_factory=dict, description="metric -> min|max, e.g. {my_score: max}: best.<metric>, checkpoint.mode")
 
 
 class CheckSpec(Section):
@@ -255,6 +262,7 @@ class Spec(Section):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     early_stopping: Optional[EarlyStoppingSpec] = None
     checks: list[CheckSpec] = Field(default_factory=list, description="'expr' strings or {expr, severity, message}")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     sweep: Optional[SweepSpec] = None
@@ -290,14 +298,35 @@ class Spec(Section):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        from orchestrator.lifecycle.provenance import SECRET_NAME
+        # A spec is copied into the run folder, job.sh and bundles: secrets are refused here
+        # (by name, or by a token-shaped value under any name) rather than masked later.
+        from orchestrator.secrets import is_secret_name, looks_like_secret
 
-        for key in v:
+        for key, value in v.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
-            if SECRET_NAME.search(key):
+            what = ("looks like a secret" if is_secret_name(key) else
+                    "has a value that looks like a secret (a token, key or password)" if looks_like_secret(value)
+                    else None)
+            if what:
                 raise ValueError(
-                    f"{key} looks like a secret: a spec is copied into the run folder and bundles. "
+                    f"{key} {what}: a spec is copied into the run folder, job.sh and bundles. "
                     f"Export it in your shell instead (jobs inherit the submitting environment)"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _metric_modes(self) -> "Spec":
+        """checkpoint.mode / early_stopping.mode default to their metric's known direction."""
+        from orchestrator.analysis.metrics import direction
+
+        for where, section in (("checkpoint", self.checkpoint), ("early_stopping", self.early_stopping)):
+            if section is None or section.mode is not None:
+                continue
+            mode = direction(section.metric, self.metrics.direction)
+            if mode is None:
+                raise ValueError(
+                    f"{where}.mode: whether a higher or lower {section.metric} is better is unknown; "
+                    f"set {where}.mode: min or max, or metrics: {{direction: {{{section.metric}: min|max}}}}")
+            section.mode = mode  # type: ignore[assignment]
+        return self

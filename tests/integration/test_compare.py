@@ -99,3 +99,35 @@ def test_notebook_load(sweep: Path, tmp_path: Path) -> None:
     assert len(orchestrator.load(dest).runs) == 3
     one = next(p for p in dest.iterdir() if not p.name.startswith("."))
     assert orchestrator.load(one).runs.loc[0, "kind"] == "bundle"
+
+
+def test_compare_and_check_see_the_same_names(tmp_path: Path) -> None:
+    """Nested history records and train diagnostics: `orch check` and `orch compare` name and
+    resolve them alike (`latent.first_token_acc`, `tokens_per_sec`), and `--at best` follows the
+    metric's direction (f1: higher is better) where the spec states no mode."""
+    import yaml
+
+    results = tmp_path / "results"
+    p = make_run(results, name="nested", ckpt_bytes=1024)
+    spec = yaml.safe_load(p.spec.read_text())
+    spec["checkpoint"] = {"every": 100, "metric": "f1"}  # no mode: the direction table decides
+    spec.pop("env")  # the fabricated secret would (rightly) make the spec invalid
+    spec["checks"] = ["latent.first_token_acc > 0.5", "tokens_per_sec > 1000", "best.f1 > 0.6"]
+    p.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    p.metrics.write_text(json.dumps({"n_params": 7_300_000}))  # no final/best sections: from the logs
+    rows = [{"step": 50, "val_loss": 2.0, "f1": 0.4, "latent": {"first_token_acc": 0.2}},
+            {"step": 100, "val_loss": 1.8, "f1": 0.7, "latent": {"first_token_acc": 0.6}},
+            {"step": 150, "val_loss": 1.7, "f1": 0.5, "latent": {"first_token_acc": 0.55}}]
+    p.metrics_history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    verdict = json.loads(orch("check", "nested", "--json", results=results, cwd=tmp_path).stdout)
+    measured = {k: v for r in verdict["results"] if r["kind"] == "spec" for k, v in r["measured"].items()}
+    assert [r["status"] for r in verdict["results"] if r["kind"] == "spec"] == ["pass", "pass", "pass"]
+    last = json.loads(orch("compare", "nested", "--json", "--at", "last", "--metrics",
+                           "latent.first_token_acc,tokens_per_sec", results=results, cwd=tmp_path, check=True).stdout)
+    for name in ("latent.first_token_acc", "tokens_per_sec"):
+        [value] = last["metrics"][name].values()
+        assert value == measured[name], name
+    best = json.loads(orch("compare", "nested", "--json", "--at", "best", "--metrics", "f1,latent.first_token_acc",
+                           results=results, cwd=tmp_path, check=True).stdout)
+    assert list(best["metrics"]["step"].values()) == [100] and list(best["metrics"]["f1"].values()) == [0.7]
+    assert measured["best.f1"] == 0.7

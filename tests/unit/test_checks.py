@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_json
-from orchestrator.checks.judge import Records, build_metrics, check_run, evaluate_check, flatten
+from orchestrator.analysis.metrics import metric_values
+from orchestrator.checks.judge import CheckResult, Records, build_metrics, check_run, evaluate_check, summarize
 from orchestrator.record.checkpoints import validate
 from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.spec.schema import spec_to_yaml
@@ -58,7 +59,7 @@ def test_metrics_json_wins_for_final_and_best() -> None:
 
 
 def test_flatten_nested_and_nonfinite() -> None:
-    f = flatten({"a": {"b": {"c": 1}}, "n": None, "i": "inf", "s": "text"})
+    f = metric_values({"a": {"b": {"c": 1}}, "n": None, "i": "inf", "s": "text"})
     assert f["a.b.c"] == 1 and math.isnan(f["n"]) and f["i"] == math.inf and f["s"] == "text"
 
 
@@ -83,6 +84,43 @@ def test_evaluate(expr: str, status: str, needle: str) -> None:
     assert r.status == status, r
     assert needle in r.detail, r.detail
     assert r.blocking == (status != "pass")
+
+
+def test_best_follows_the_direction_table_not_substrings() -> None:
+    rows = [{"step": 1, "mem_peak_gb": 10.0, "system_time": 3.0, "tok_per_s": 100.0, "latent": {"first_token_acc": 0.2},
+             "my_score": 5.0, "val_ppl@2x": 9.0},
+            {"step": 2, "mem_peak_gb": 12.0, "system_time": 2.0, "tok_per_s": 90.0, "latent": {"first_token_acc": 0.4},
+             "my_score": 7.0, "val_ppl@2x": 8.0}]
+    t = table(history=rows)
+    assert t["best.mem_peak_gb"] == 10.0 and t["best.system_time"] == 2.0 and t["best.tok_per_s"] == 100.0
+    assert t["best.latent.first_token_acc"] == 0.4 and t["best.val_ppl@2x"] == 8.0
+    assert "best.my_score" not in t and t["max.my_score"] == 7.0  # unknown direction: no guess
+    r = evaluate_check("best.my_score > 6", t)
+    assert r.status == "unknown" and "is unknown" in r.detail and "metrics: {direction: {my_score: max}}" in r.detail
+    t = build_metrics(Records(history=rows), directions={"my_score": "max"})
+    assert t["best.my_score"] == 7.0
+
+
+def test_spec_metrics_direction_reaches_checks(tmp_path: Path) -> None:
+    evals = [{"step": 30, "val_loss": 2.4, "my_score": 3.0}, {"step": 60, "val_loss": 2.1, "my_score": 1.0}]
+    run = make_run(tmp_path, ["best.my_score >= 3"], evals=evals)
+    run.paths.spec.write_text(spec_to_yaml(Spec(name="demo", checks=["best.my_score >= 3"],
+                                                metrics={"direction": {"my_score": "max"}})))
+    by = {r.name: r for r in check_run(run).results}
+    assert by["best.my_score >= 3"].status == "pass"
+    plain = make_run(tmp_path, ["best.my_score >= 3"], evals=evals, name="plain")
+    assert {r.name: r for r in check_run(plain).results}["best.my_score >= 3"].status == "unknown"
+
+
+def test_summary_counts_judged_checks_only() -> None:
+    def res(status: str, severity: str = "error") -> CheckResult:
+        return CheckResult("c", "spec", severity, status)
+
+    assert summarize([res("pass"), res("pass"), res("skip", "warn"), res("note", "info")]) == "2/2 pass"
+    assert summarize([res("pass"), res("fail", "warn"), res("skip")]) == "1/2 pass"  # a warning does not fail it
+    assert summarize([res("pass"), res("unknown"), res("note", "info")]) == "1/2 pass FAILED"
+    assert summarize([res("error"), res("skip")]) == "0/1 pass FAILED"
+    assert summarize([res("skip", "warn")]) == "nothing judged"
 
 
 def test_warn_severity_never_blocks() -> None:
@@ -181,12 +219,12 @@ def test_orch_check_pass_and_fail(orch, tmp_path: Path) -> None:
                                   {"expr": "effective_rank_ratio >= 0.8", "severity": "warn"}],
                    name="bad", metrics={"final": {"val_loss": 2.1, "val_ppl": 8.2}})
     res = orch("check", good.run_id)
-    assert "PASSED" in res.stdout
+    assert res.stdout.splitlines()[0].endswith("[COMPLETED]  7/7 pass")  # 5 built-ins + 2 spec checks
     saved = json.loads(good.paths.checks.read_text())
     assert saved["passed"] is True and saved["run_id"] == good.run_id
     res = orch("check", bad.run_id, check=1)
     assert "best.val_loss < 1.95" in res.stdout and "best.val_loss = 2.1" in res.stdout
-    assert "did not converge" in res.stdout and "FAILED" in res.stdout
+    assert "did not converge" in res.stdout and res.stdout.splitlines()[0].endswith("6/8 pass FAILED")
     saved = json.loads(bad.paths.checks.read_text())
     assert saved["failing"] == ["best.val_loss < 1.95"]  # the warn-level unknown does not block
     warn = [r for r in saved["results"] if r["name"].startswith("effective_rank")][0]
@@ -194,7 +232,8 @@ def test_orch_check_pass_and_fail(orch, tmp_path: Path) -> None:
     # both at once: exit 1; JSON output lists both
     out = json.loads(orch("check", good.run_id, bad.run_id, "--json", check=1).stdout)
     assert [v["passed"] for v in out] == [True, False]
-    assert json.loads(bad.paths.run_json.read_text())["checks"]["passed"] is False
+    copy = json.loads(bad.paths.run_json.read_text())["checks"]
+    assert copy["passed"] is False and copy["summary"] == out[1]["summary"] == "6/8 pass FAILED"
 
 
 def test_orch_check_unknown_metric_is_not_a_pass(orch) -> None:

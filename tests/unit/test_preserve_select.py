@@ -1,5 +1,5 @@
-"""Which checkpoints a bundle keeps (orchestrator/record/checkpoints.select), secret redaction and
-bundle naming (no subprocess)."""
+"""Which checkpoints a bundle keeps (orchestrator/record/checkpoints.select) and bundle naming
+(no subprocess; secrets: test_secrets.py)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.preserve.bundle import is_secret_file, redact
 from orchestrator.record import checkpoints as ck
 from orchestrator.record.checkpoints import select
 
@@ -66,21 +65,3 @@ def test_missing_ckpt_and_unknown_policy(tmp_path: Path) -> None:
     assert sel.folders == [] and sel.notes == ["the run has no ckpt/ folder"]
     with pytest.raises(ValueError, match="use one of none, best, last, all"):
         select(tmp_path, "newest")
-
-
-def test_redact() -> None:
-    obj = {"env": {"WANDB_API_KEY": "abc", "HF_TOKEN": "x", "OMP_NUM_THREADS": "1"},
-           "tokens_per_sec": 5.0, "note": "hf_" + "a" * 30, "password": "p", "key_count": 3}
-    clean, changed = redact(obj)
-    assert changed
-    assert clean["env"]["WANDB_API_KEY"] != "abc" and clean["env"]["HF_TOKEN"] != "x"
-    assert clean["env"]["OMP_NUM_THREADS"] == "1" and clean["tokens_per_sec"] == 5.0 and clean["key_count"] == 3
-    assert "hf_aaaa" not in clean["note"] and clean["password"] != "p"
-    assert redact({"val_loss": 1.0})[1] is False
-
-
-def test_secret_files() -> None:
-    for n in (".env", "prod.env", "id_rsa", "id_ed25519.pub", "server.pem", "tls.key", ".netrc", "credentials.json"):
-        assert is_secret_file(n), n
-    for n in ("tokenizer.json", "metrics.json", "model.safetensors", "keys_to_success.txt"):
-        assert not is_secret_file(n), n
