@@ -333,8 +333,7 @@ class Trainer:
             loss = out["loss"].detach() if torch.is_tensor(out["loss"]) else torch.tensor(float(out["loss"]))
             loss_sum = loss if loss_sum is None else loss_sum + loss
             if self.step % log_every == 0:  # the only place a training step syncs with the host
-                dt = time.perf_counter() - interval_start
-                self._log_train(out, loss_sum / interval_steps, dt, interval_steps, total)
+                self._log_train(out, loss_sum / interval_steps, interval_start, interval_steps, total)
                 interval_start, interval_steps, loss_sum = time.perf_counter(), 0, None
             paused = time.perf_counter()
             if self.step % eval_every == 0:
@@ -395,11 +394,14 @@ class Trainer:
             left.append(max(0.0, ctx.budget.max_time_s - ctx.clock.total))
         return round(min(left), 1) if left else None
 
-    def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, dt: float, steps: int,
+    def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, since: float, steps: int,
                    total: Optional[int]) -> None:
         ctx = self.ctx
         tensors = {k: v for k, v in out.items() if torch.is_tensor(v)}
         vals = ctx.reduce_mean({**tensors, "loss_avg": loss_avg})
+        # Read the clock after that copy to the host: on a GPU the steps of the interval are only
+        # queued when the Python loop reaches here; their kernels have all run once the values arrive.
+        dt = time.perf_counter() - since
         rest = {k: v for k, v in out.items() if not torch.is_tensor(v)}
         tps = steps * self.tokens_per_step / dt if dt > 0 else 0.0
         record: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen, "attempt": ctx.attempt,
