@@ -279,13 +279,22 @@ class Trainer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything besides the model weights needed to resume exactly (default: optimizer, scheduler, sampler)."""
-        return {name: getattr(self, name).state_dict() for name in ("optimizer", "scheduler", "sampler")
+        """Everything besides the model weights needed to resume exactly (default: optimizer, scheduler,
+        sampler, and the fp16 loss scale)."""
+        return {name: getattr(self, name).state_dict() for name in ("optimizer", "scheduler", "sampler", "grad_scaler")
                 if getattr(self, name, None) is not None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
+            if name == "grad_scaler" and self.grad_scaler is None:
+                continue  # an fp16 checkpoint resumed in another precision: no loss scale to restore
             getattr(self, name).load_state_dict(value)
+
+    @property
+    def grad_scaler(self) -> Any:
+        """Accelerate's GradScaler (fp16 on a GPU), else None. Its loss scale is checkpointed: a resumed
+        run restarting at the initial scale would skip steps the uninterrupted run took."""
+        return getattr(self.ctx.accelerator, "scaler", None)
 
     def log_extras(self, record: dict[str, Any]) -> None:
         """Add trainer-specific fields (MFU, memory) to a train_diagnostics record; called at log steps."""
@@ -408,6 +417,8 @@ class Trainer:
                                   **vals, **rest, "step_time": dt / steps, "tokens_per_sec": tps,
                                   # NaN/inf in any step of the interval propagates into loss_avg
                                   "nonfinite": not (math.isfinite(vals["loss"]) and math.isfinite(vals["loss_avg"]))}
+        if self.grad_scaler is not None:
+            record["loss_scale"] = self.grad_scaler.get_scale()  # halves on every overflow (a skipped step)
         self.log_extras(record)
         ctx.logger.train(record)
         self._last_tps = tps
