@@ -196,7 +196,10 @@ class TrainerContext:
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain module under DDP / torch.compile wrappers (what checkpoints hold)."""
-        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        model = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        # Accelerate takes the compile wrapper off only when it is outermost, not under DDP (train.compile
+        # with several processes): its state dict would carry "_orig_mod." keys and evaluation recompile.
+        return model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
 
     def record(self, **fields: Any) -> None:
         """Merge fields (stop_reason, params, ...) into run.json, under its lock (main process only)."""
