@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/trainer_overhead.py
 	$(BIN)/python bench/preserve_speed.py
 	$(BIN)/python bench/submit_scale.py
+	$(BIN)/python bench/gpu_check.py --out results/gpu_check.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

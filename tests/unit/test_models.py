@@ -9,6 +9,7 @@ import torch
 
 from trainers.lm.config import ModelSpec
 from trainers.lm.models import (
+    build_config,
     build_model,
     flops_per_token,
     param_counts,
@@ -111,9 +112,16 @@ def test_init_from_loads_a_saved_model(tmp_path: Path):
         assert torch.equal(a, b), name
 
 
-def test_flops_per_token_is_the_palm_estimate():
+def test_flops_per_token_counts_the_logits_matmul_and_attention():
     spec = ModelSpec(arch="gpt2", n_layer=4, n_head=4, d_model=128, max_seq_len=64)
-    assert flops_per_token(spec, 800_000, 64) == 6 * 800_000 + 12 * 4 * 128 * 64
+    config = build_config(spec, V)
+    assert flops_per_token(config, 800_000, 64) == 6 * (800_000 + 128 * V) + 12 * 4 * 128 * 64
+    # nanoGPT's estimate for GPT-2 124M: N = all parameters but the position embedding (the tied
+    # lm_head counts), 6N + 12 * L * d * T
+    gpt2 = build_model(ModelSpec(arch="gpt2", n_layer=12, n_head=12, d_model=768, max_seq_len=1024), 50257)
+    n = param_counts(gpt2)
+    nanogpt_n = n["total"] - gpt2.transformer.wpe.weight.numel()
+    assert flops_per_token(gpt2.config, n["non_embedding"], 1024) == 6 * nanogpt_n + 12 * 12 * 768 * 1024
 
 
 def test_peak_flops_is_none_on_cpu():

@@ -198,7 +198,10 @@ class TrainerContext:
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain module under DDP / torch.compile wrappers (what checkpoints hold)."""
-        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        model = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        # Accelerate takes the compile wrapper off only when it is outermost, not under DDP (train.compile
+        # with several processes): its state dict would carry "_orig_mod." keys and evaluation recompile.
+        return model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
 
     def record(self, **fields: Any) -> None:
         """Merge fields (stop_reason, params, ...) into run.json, under its lock (main process only)."""
@@ -299,7 +302,15 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
+            if name == "grad_scaler" and self.grad_scaler is None:
+                continue  # an fp16 checkpoint resumed in another precision: no loss scale to restore
             getattr(self, name).load_state_dict(value)
+
+    @property
+    def grad_scaler(self) -> Any:
+        """Accelerate's GradScaler (fp16 on a GPU), else None. Its loss scale is checkpointed: a resumed
+        run restarting at the initial scale would skip steps the uninterrupted run took."""
+        return getattr(self.ctx.accelerator, "scaler", None)
 
     def log_extras(self, record: dict[str, Any]) -> None:
         """Add trainer-specific fields (MFU, memory) to a train_diagnostics record; called at log steps."""
@@ -347,8 +358,7 @@ class Trainer:
             loss = out["loss"].detach() if torch.is_tensor(out["loss"]) else torch.tensor(float(out["loss"]))
             loss_sum = loss if loss_sum is None else loss_sum + loss
             if self.step % log_every == 0:  # the only place a training step syncs with the host
-                dt = time.perf_counter() - interval_start
-                self._log_train(out, loss_sum / interval_steps, dt, interval_steps, total)
+                self._log_train(out, loss_sum / interval_steps, interval_start, interval_steps, total)
                 interval_start, interval_steps, loss_sum = time.perf_counter(), 0, None
             paused = time.perf_counter()
             if self.step % eval_every == 0:
@@ -409,17 +419,22 @@ class Trainer:
             left.append(max(0.0, ctx.budget.max_time_s - ctx.clock.total))
         return round(min(left), 1) if left else None
 
-    def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, dt: float, steps: int,
+    def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, since: float, steps: int,
                    total: Optional[int]) -> None:
         ctx = self.ctx
         tensors = {k: v for k, v in out.items() if torch.is_tensor(v)}
         vals = ctx.reduce_mean({**tensors, "loss_avg": loss_avg})
+        # Read the clock after that copy to the host: on a GPU the steps of the interval are only
+        # queued when the Python loop reaches here; their kernels have all run once the values arrive.
+        dt = time.perf_counter() - since
         rest = {k: v for k, v in out.items() if not torch.is_tensor(v)}
         tps = steps * self.tokens_per_step / dt if dt > 0 else 0.0
         record: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen, "attempt": ctx.attempt,
                                   **vals, **rest, "step_time": dt / steps, "tokens_per_sec": tps,
                                   # NaN/inf in any step of the interval propagates into loss_avg
                                   "nonfinite": not (math.isfinite(vals["loss"]) and math.isfinite(vals["loss_avg"]))}
+        if self.grad_scaler is not None:
+            record["loss_scale"] = self.grad_scaler.get_scale()  # halves on every overflow (a skipped step)
         self.log_extras(record)
         ctx.logger.train(record)
         self._last_tps = tps

@@ -118,11 +118,17 @@ def param_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding}
 
 
-def flops_per_token(model_cfg: Any, n_non_embedding: int, seq_len: int) -> float:
-    """Training FLOPs per token, 6N + 12 * n_layer * d_model * seq_len (PaLM appendix B, nanoGPT's MFU)."""
-    n_layer = int(_opt(model_cfg, "n_layer", 4))
-    d_model = int(_opt(model_cfg, "d_model", 128))
-    return 6.0 * n_non_embedding + 12.0 * n_layer * d_model * seq_len
+def flops_per_token(config: Any, n_non_embedding: int, seq_len: int) -> float:
+    """Training FLOPs per token of the model a transformers `config` describes (nanoGPT's MFU estimate).
+
+    6 * (N + d_model * vocab) + 12 * n_layer * d_model * seq_len: N is the non-embedding parameter
+    count, d_model * vocab the output projection (the logits matmul, tied to the input embedding or
+    not), which N leaves out but every token pays for (nanoGPT counts the tied lm_head in its N),
+    and the last term attention's QK^T and AV (PaLM appendix B). Read from the built model's config,
+    so a model loaded with `init_from` is counted as it is, not as the spec's defaults say.
+    """
+    n_layer, d_model, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    return 6.0 * (n_non_embedding + d_model * vocab) + 12.0 * n_layer * d_model * seq_len
 
 
 # Dense (no sparsity) peak tensor-core TFLOPS from the vendors' datasheets.

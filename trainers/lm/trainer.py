@@ -124,7 +124,7 @@ class LMTrainer(Trainer):
         if ctx.device.type == "cuda":
             from trainers.lm.models import flops_per_token, peak_flops
 
-            self._flops_per_token = flops_per_token(spec.model, self.params["non_embedding"], self.block)
+            self._flops_per_token = flops_per_token(model.config, self.params["non_embedding"], self.block)
             self._peak = peak_flops(ctx.device, t.precision)
         ctx.record(params=self.params)
         ctx.print(f"model {spec.model.arch}: {self.params['total']:,} parameters "
