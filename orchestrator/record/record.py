@@ -460,8 +460,12 @@ def finish(run: "Run", n: int, state: State, *, exit_code: Optional[int] = None,
             rec.failure = None
             return rec.state
         rec.state = state
-        if state != State.COMPLETED and (cause or failure):
+        if state == State.COMPLETED:  # a note about an earlier attempt must not stick to a success
+            rec.failure = rec.state_reason = None
+        elif cause or failure:
             rec.failure = failure or Failure(cause or FailureClass.UNKNOWN.value, f"attempt {n}: {cause}", attempt=n)
+            if failure is not None:
+                att.failure_class = failure.cls
         return rec.state
 
     return transact(run, t)
