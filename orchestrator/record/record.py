@@ -180,14 +180,18 @@ class RunRecord:
         if not isinstance(d, dict):
             raise RecordDamaged(f"{where}: expected a JSON object, found {type(d).__name__}")
         d = dict(d)
+        raw_state = d.pop("state", State.PENDING.value)
         try:
-            state = State(d.pop("state", State.PENDING.value))
+            state = State(raw_state)
         except ValueError:
-            raise RecordDamaged(f"{where}: unknown state {d.get('state')!r}") from None
+            raise RecordDamaged(f"{where}: unknown state {raw_state!r}") from None
         attempts_raw = d.pop("attempts", None) or []
         if not isinstance(attempts_raw, list) or not all(isinstance(a, dict) for a in attempts_raw):
             raise RecordDamaged(f"{where}: 'attempts' is not a list of objects")
-        failure = Failure.from_dict(d.pop("failure", None))
+        failure_raw = d.pop("failure", None)
+        if failure_raw is not None and not isinstance(failure_raw, dict):
+            raise RecordDamaged(f"{where}: 'failure' is not an object")
+        failure = Failure.from_dict(failure_raw)
         known, extra = _known(cls, d)
         known.setdefault("run_id", "")
         known.setdefault("name", "")

@@ -107,15 +107,15 @@ class Damaged:
 Entry = Union[Run, Damaged]
 
 
-def _why_unreadable(path: str, exc: OSError) -> str:
-    """'cannot read X: Permission denied (folder mode 000, owner uid 1000)'."""
-    what = exc.strerror or str(exc)
+def _why_unreadable(path: str, exc: OSError, what: str = "folder") -> str:
+    """'Permission denied (folder mode 000, owner uid 1000)'."""
+    why = exc.strerror or str(exc)
     try:
         st = os.stat(path)
-        what += f" (folder mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid})"
+        why += f" ({what} mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid})"
     except OSError:
         pass
-    return what
+    return why
 
 
 def examine(path: str, group: str) -> Entry:
@@ -126,8 +126,11 @@ def examine(path: str, group: str) -> Entry:
         RunRecord.from_dict(raw, where="run.json")
     except RecordDamaged as exc:
         problem = exc.message
+        denied = PermissionError(13, os.strerror(13))
         if not os.access(path, os.R_OK | os.X_OK):
-            problem = f"cannot read the run folder: {_why_unreadable(path, PermissionError(13, 'Permission denied'))}"
+            problem = f"cannot read the run folder: {_why_unreadable(path, denied)}"
+        elif os.path.isfile(where) and not os.access(where, os.R_OK):
+            problem = f"cannot read run.json: {_why_unreadable(where, denied, 'file')}"
         return Damaged(Path(path), problem, group, os.path.basename(path))
     return Run(RunPaths(path), raw)
 
