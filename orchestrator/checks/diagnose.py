@@ -115,6 +115,9 @@ NCCL = _rx(r"\bNCCL (?:error|WARN|INFO.*(?:error|timeout))", r"nccl(?:Internal|S
 DISK_FULL = _rx(r"\[Errno 28\]", r"No space left on device", r"\bENOSPC\b", r"\[Errno 122\]",
                 r"Disk quota exceeded", r"\bEDQUOT\b", r"StorageFull", r"QuotaExceeded")
 IO_ERROR = _rx(r"\[Errno 5\]", r"Input/output error", r"\bEIO\b")
+# torch.save's writer says only that a write came up short (no errno): on a cluster, a full disk or quota
+WRITE_FAILED = _rx(r"PytorchStreamWriter failed writing file", r"unexpected pos \d+ vs \d+",
+                   r"basic_ios::clear: iostream error", r"\bfile write failed\b")
 ERRNO_PATH = re.compile(r"\[Errno (\d+)\] ([^:'\n]+)(?::\s*'([^']*)')?")
 PREEMPT = _rx(r"DUE TO PREEMPTION", r"\bpreempted\b", r"job requeued")
 TIME_LIMIT = _rx(r"DUE TO TIME LIMIT", r"TIME LIMIT", r"time limit exceeded")
@@ -190,7 +193,8 @@ def _signal_name(sig: Optional[int]) -> str:
 
 def disk_trouble(lines: list[str]) -> Optional[tuple[str, str, list[str]]]:
     """(disk_full | io_error, summary naming the path, evidence lines) when the lines show a full
-    disk, an exceeded quota or an I/O error (an OSError's `[Errno 28] ...: 'path'` or the like)."""
+    disk, an exceeded quota or an I/O error (an OSError's `[Errno 28] ...: 'path'` or the like), or
+    a write that came up short without an errno (torch.save's stream writer: a full disk, mostly)."""
     for cls, rx, what, verb in (("disk_full", DISK_FULL, "no space left on device", "writing"),
                                 ("io_error", IO_ERROR, "I/O error", "on")):
         ev = _matches(lines, rx)
@@ -200,6 +204,11 @@ def disk_trouble(lines: list[str]) -> Optional[tuple[str, str, list[str]]]:
         if cls == "disk_full" and any("quota" in e.lower() for e in ev):
             what = "disk quota exceeded"
         return cls, what + (f" {verb} {paths[-1]}" if paths else ""), ev[-3:]
+    ev = _matches(lines, WRITE_FAILED)
+    if ev:
+        where = _where(last_exception(lines)[1])
+        return ("disk_full", "a file write came up short" + (f" at {where}" if where else "")
+                + " (the disk is probably full or over quota)", ev[-3:])
     return None
 
 

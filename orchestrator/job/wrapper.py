@@ -175,19 +175,19 @@ class JobWrapper:
                 if e.errno in DISK_ERRNOS]
         log = read_tail(self.paths.stderr(n), 16 * 1024, 60)
         found = disk_trouble(ours + log)
-        if found is None and last_exception(log)[0] is None:  # no word from the trainer: is the disk full?
-            try:
-                st = os.statvfs(self.paths.root)
-            except OSError:
-                return None
-            free = st.f_bavail * st.f_frsize
-            if free >= FULL_BELOW:
-                return None
+        try:
+            st = os.statvfs(self.paths.root)
+            free: Optional[int] = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        if found is None and last_exception(log)[0] is None and free is not None and free < FULL_BELOW:
             found = ("disk_full", f"no space left on the filesystem of {self.paths.root}",
-                     [f"the filesystem of {self.paths.root} has {free} bytes free; the trainer logged no error"])
+                     ["the trainer ended without a word (its log could not be written)"])
         if found is None:
             return None  # the trainer's own traceback says why: diagnosed from the logs
         cls, summary, evidence = found
+        if free is not None:
+            evidence = evidence + [f"the filesystem of {self.paths.root} has {free:,} bytes free now"]
         return Failure(cls, summary, attempt=n, evidence=evidence, diagnosed_at=now_iso())
 
     def record_crash(self, exc: BaseException) -> None:

@@ -141,7 +141,8 @@ class Monitor:
         try:
             handle(run)
         except Exception as exc:  # noqa: BLE001 - one broken run must not stop the monitor for all others
-            why = exc.message if isinstance(exc, OrchError) else f"{type(exc).__name__}: {exc}"
+            first = (str(exc).splitlines() or [""])[0]
+            why = exc.message if isinstance(exc, OrchError) else f"{type(exc).__name__}: {first[:300]}"
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame and not isinstance(exc, OrchError) else ""
             summary = f"could not handle this run: {why}{where}"

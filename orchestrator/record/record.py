@@ -233,6 +233,7 @@ class RunRecord:
         self.state = State.QUEUED
         self.failure = None
         self.exit_code = self.ended_at = self.pending_reason = self.state_reason = None
+        self.extra.pop("checks", None)  # the verdict on the previous attempt (`orch check` judges the new one)
         return att
 
 

@@ -27,6 +27,18 @@ def test_tail_reads_last_records_and_skips_truncated_line(tmp_path: Path) -> Non
     assert tail_jsonl(tmp_path / "missing.jsonl") == []
 
 
+def test_append_after_a_torn_tail_starts_a_new_line(tmp_path: Path) -> None:
+    """A full disk (or a kill) cut the last line short: the next record must not be glued onto it."""
+    p = tmp_path / "d.jsonl"
+    append_jsonl(p, {"step": 1})
+    with open(p, "ab") as fh:
+        fh.write(b'{"time": 1')  # the torn tail
+    append_jsonl(p, {"step": 2})
+    append_jsonl(p, {"step": 3})
+    assert p.read_bytes() == b'{"step": 1}\n{"time": 1\n{"step": 2}\n{"step": 3}\n'
+    assert [r["step"] for r in read_jsonl(p)] == [1, 2, 3] and [r["step"] for r in tail_jsonl(p, 5)] == [1, 2, 3]
+
+
 def test_tail_cost_does_not_depend_on_history_length(tmp_path: Path) -> None:
     """tail_jsonl seeks from the end: it reads a few KB whatever the file size."""
     p = tmp_path / "big.jsonl"
