@@ -202,7 +202,8 @@ class JobWrapper:
             except IllegalTransition:
                 pass  # the attempt's end was recorded before the wrapper broke
             return
-        self.durable("record the wrapper's error in", lambda: record.wrapper_error(self.run, f"{type(exc).__name__}: {exc}"))
+        summary = f"{type(exc).__name__}: {exc}"
+        self.durable("record the wrapper's error in", lambda: record.wrapper_error(self.run, summary))
 
     # -- waiting -------------------------------------------------------------------------
     def wait_for_dependencies(self) -> Optional[str]:
@@ -393,12 +394,12 @@ class JobWrapper:
                 except IllegalTransition:
                     pass  # cancelled already
                 return 1
+            self.io_errors.clear()  # the evidence of a full disk is per attempt
             try:
                 n = self.claim_attempt()
             except IllegalTransition as exc:
                 print(f"orch: not starting: {exc.message}", file=sys.stderr)
                 return 1
-            self.io_errors.clear()
             self.heartbeat.beat(force=True, phase="starting", attempt=n)
             self.time_warned = self.time_killed = False
             self.signals_seen.clear()

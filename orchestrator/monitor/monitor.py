@@ -144,7 +144,8 @@ class Monitor:
             first = (str(exc).splitlines() or [""])[0]
             why = exc.message if isinstance(exc, OrchError) else f"{type(exc).__name__}: {first[:300]}"
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame and not isinstance(exc, OrchError) else ""
+            own = frame is not None and not isinstance(exc, OrchError)
+            where = f" (at {Path(frame.filename).name}:{frame.lineno})" if own and frame else ""
             summary = f"could not handle this run: {why}{where}"
             n = _attempt_n(run)
             marker = run.reload().get("monitor") or {}

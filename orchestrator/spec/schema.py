@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import SpecError, SpecErrors
+from orchestrator.record.record import FAILURE_CLASSES  # the one table: retry.on accepts every class
 from orchestrator.spec.yamlpos import LineMap, load_yaml, parse_scalar
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -285,10 +286,6 @@ class ResourcesSpec(Section):
         return self.procs_per_node or max(1, self.gpus_per_node)
 
 
-FAILURE_CLASSES = (
-    "preempted", "timeout", "node_fail", "oom", "nccl", "stalled", "killed",
-    "diverged", "data_error", "user_error", "cancelled", "unknown",
-)
 
 
 class RetrySpec(Section):
