@@ -118,21 +118,33 @@ def _why_unreadable(path: str, exc: OSError, what: str = "folder") -> str:
     return why
 
 
-def examine(path: str, group: str) -> Entry:
-    """The run in folder `path`, or a Damaged entry saying what is wrong with it."""
+def examine(path: str, group: str, *, grace: bool = False) -> Optional[Entry]:
+    """The run in folder `path`, or a Damaged entry saying what is wrong with it. With `grace`, a
+    folder without run.json younger than CREATING_GRACE is a run being created: None."""
     where = os.path.join(path, "run.json")
     try:
         raw = read_json_strict(where, where="run.json")
         RunRecord.from_dict(raw, where="run.json")
-    except RecordDamaged as exc:
+    except RecordDamaged as exc:  # the cheap checks below run only for a damaged folder
         problem = exc.message
         denied = PermissionError(13, os.strerror(13))
         if not os.access(path, os.R_OK | os.X_OK):
             problem = f"cannot read the run folder: {_why_unreadable(path, denied)}"
+        elif not os.path.exists(where):
+            if grace and _younger_than(path, CREATING_GRACE):
+                return None
+            problem = "no run.json (not a run, or its creation was interrupted)"
         elif os.path.isfile(where) and not os.access(where, os.R_OK):
             problem = f"cannot read run.json: {_why_unreadable(where, denied, 'file')}"
         return Damaged(Path(path), problem, group, os.path.basename(path))
     return Run(RunPaths(path), raw)
+
+
+def _younger_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime < seconds
+    except OSError:
+        return False
 
 
 class ResultsRoot:
@@ -186,6 +198,9 @@ class ResultsRoot:
             groups = sorted(os.scandir(self.root), key=lambda e: e.name)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise UserError(f"cannot read the results root {self.root}: {_why_unreadable(str(self.root), exc)}",
+                            hint="pass --results DIR (or set ORCH_RESULTS) to a tree you may read") from None
         for group in groups:
             if group.name.startswith(".") or not group.is_dir():
                 continue
@@ -200,13 +215,9 @@ class ResultsRoot:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
-                found = examine(entry.path, group.name)
-                if isinstance(found, Damaged) and found.problem == "run.json: missing" and _young(entry):
-                    continue
-                if isinstance(found, Damaged) and found.problem == "run.json: missing":
-                    found = Damaged(found.path, "no run.json (not a run, or its creation was interrupted)",
-                                    found.group, found.run_id)
-                yield found
+                found = examine(entry.path, group.name, grace=True)
+                if found is not None:
+                    yield found
 
     def scan(self) -> tuple[list[Run], list[Damaged]]:
         """(runs, damaged folders) of the whole tree, each sorted by name then run id."""
@@ -234,7 +245,7 @@ class ResultsRoot:
     def _resolve(self, ref: str) -> Entry:
         as_path = Path(ref)
         if (as_path / "run.json").exists() or (as_path.is_dir() and self._is_run_folder(as_path)):
-            return examine(str(as_path), as_path.resolve().parent.name)
+            return examine(str(as_path), as_path.resolve().parent.name)  # type: ignore[return-value]
         if "/" in ref:
             name, _, rid = ref.partition("/")
             ref = rid
@@ -296,9 +307,3 @@ class ResultsRoot:
             out.append(found)
         return out
 
-
-def _young(entry: os.DirEntry[str]) -> bool:
-    try:
-        return time.time() - entry.stat().st_mtime < CREATING_GRACE
-    except OSError:
-        return False

@@ -61,11 +61,11 @@ def _pids_using(mnt: Path) -> list[int]:
     return out
 
 
-def fill(mnt: Path, leave: int) -> Path:
+def fill(mnt: Path, leave: int, name: str = "filler") -> Path:
     """Allocate all but `leave` bytes of the filesystem (really allocated: a tmpfs page per 4 KiB)."""
     st = os.statvfs(mnt)
     free = st.f_bavail * st.f_frsize
-    filler = mnt / "filler"
+    filler = mnt / name
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.posix_fallocate(fd, 0, max(1, free - leave))
@@ -149,11 +149,14 @@ def test_disk_full_during_a_log_append_is_recorded_and_resumable(small_disk: Pat
     torn = not diag.read_bytes().endswith(b"\n")  # the append that hit the full disk, cut short
     [row] = orch.json("status", run_dir.name)
     assert row["state"] == "FAILED" and row["failure"] == "disk_full" and "vanished" not in str(row["reason"]), row
+    still_full = fill(small_disk, leave=0, name="filler-2")  # what the wrapper freed for its record, too
     res = orch("check", run_dir.name, check=1)
     no_traceback(res)
-    assert "disk_full" in res.stdout
+    assert "disk_full" in res.stdout and "the verdict was not recorded (No space left on device" in res.stderr
     res = orch("monitor", "--once")
     no_traceback(res)
+    assert "disk_full" in res.stdout and "No space left on device" in res.stderr, (res.stdout, res.stderr)
+    still_full.unlink()
     filler.unlink()
     orch("resume", run_dir.name)
     wait_until(lambda: rec(run_dir)["state"] in ("COMPLETED", "FAILED"), 240, "the resumed run to end", run_dir)
