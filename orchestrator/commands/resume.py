@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
         rec = v.run.reload()
         n, state = attempt_n(rec), v.run.state
         if state.active:  # resumed by someone else since (a monitor, another `orch resume`), or never stopped
-            by = (current_attempt(rec) or {}).get("reason")
-            why = (f"someone else resumed it first ({by}, at {(current_attempt(rec) or {}).get('submitted_at')})"
-                   if by not in (None, "submit", "requeue") else
+            att = current_attempt(rec) or {}
+            why = (f"someone else resumed it first ({att.get('reason')}, at {att.get('submitted_at')})"
+                   if att.get("reason") not in (None, "submit", "requeue") else
                    f"only stopped runs can be resumed (`orch cancel {v.run.run_id}` first, or wait for it to end)")
             print(f"{v.run.run_id}: not resumed: it is {state} (attempt {n}); {why}", file=sys.stderr)
             rc = 1
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             rc = 1
             continue
         except OSError as exc:  # spec.yaml missing or unreadable, a full disk
-            print(f"{v.run.run_id}: not resumed: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"{v.run.run_id}: not resumed: {exc.strerror or exc}{where}", file=sys.stderr)
             rc = 1
             continue
         print(f"{v.run.run_id}: resumed as attempt {attempt_n(v.run.reload())} (job {job_id})")

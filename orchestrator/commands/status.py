@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
-    p.add_argument("--state", action="append", default=[], metavar="S", help="only runs in state S (repeatable)")
+    p.add_argument("--state", action="append", default=[], metavar="S", help="only runs in state S, or DAMAGED folders (repeatable)")
     p.add_argument("--name", action="append", default=[], metavar="N", help="only runs of experiment N (repeatable)")
     p.add_argument("--no-poll", action="store_true", help="do not ask the backends; run folders only")
 
@@ -46,7 +46,6 @@ def summarize(view: RunView) -> dict[str, Any]:
     if hb.get("train_loss") is not None:
         metrics.setdefault("train_loss", hb.get("train_loss"))
     failure = view.failure or rec.get("failure") or {}
-    failure = failure if isinstance(failure, dict) else {}
     return {
         "run_id": view.run.run_id,
         "name": view.run.name,
