@@ -4,8 +4,10 @@ Why: "failed" alone sends a researcher to read logs; the retry policy needs more
 node-failed run should be resubmitted, a tokenization error must not be (it would fail again).
 The class comes from, in order: the backend's word (NODE_FAIL, OUT_OF_MEMORY, TIMEOUT,
 PREEMPTED), a cancel request, the exit code and signal, and the *tail* of the attempt's stderr
-and stdout (read backwards from the end, so a 10 GB log costs the same as a small one). The
-result is recorded in run.json as `failure: {class, evidence, summary, ...}`; every evidence and
+and stdout (read backwards from the end, so a 10 GB log costs the same as a small one). A full
+disk or an I/O error (`[Errno 28] No space left on device: 'path'`, EIO) is `disk_full` or
+`io_error` with that path, never the user's code. The result is recorded in run.json as
+`failure: {class, evidence, summary, ...}`; every evidence and
 exception line is masked by `orchestrator.secrets.redact` first.
 """
 from __future__ import annotations
@@ -91,6 +93,13 @@ NCCL = _rx(r"\bNCCL (?:error|WARN|INFO.*(?:error|timeout))", r"nccl(?:Internal|S
            r"RendezvousTimeoutError", r"RendezvousConnectionError", r"\bNCCL_TIMEOUT\b", r"ncclCommInitRank",
            r"gloo.*(?:Connection|timed out|Timeout)", r"c10d.*(?:timed out|Connection reset|Broken pipe)",
            r"collective operation timeout")
+DISK_FULL = _rx(r"\[Errno 28\]", r"No space left on device", r"\bENOSPC\b", r"\[Errno 122\]",
+                r"Disk quota exceeded", r"\bEDQUOT\b", r"StorageFull", r"QuotaExceeded")
+IO_ERROR = _rx(r"\[Errno 5\]", r"Input/output error", r"\bEIO\b")
+# torch.save's writer says only that a write came up short (no errno): on a cluster, a full disk or quota
+WRITE_FAILED = _rx(r"PytorchStreamWriter failed writing file", r"unexpected pos \d+ vs \d+",
+                   r"basic_ios::clear: iostream error", r"\bfile write failed\b")
+ERRNO_PATH = re.compile(r"\[Errno (\d+)\] ([^:'\n]+)(?::\s*'([^']*)')?")
 PREEMPT = _rx(r"DUE TO PREEMPTION", r"\bpreempted\b", r"job requeued")
 TIME_LIMIT = _rx(r"DUE TO TIME LIMIT", r"TIME LIMIT", r"time limit exceeded")
 NODE_FAIL = _rx(r"DUE TO NODE FAILURE", r"NODE_FAIL", r"node failure")
@@ -163,6 +172,27 @@ def _signal_name(sig: Optional[int]) -> str:
         return f"signal {sig}"
 
 
+def disk_trouble(lines: list[str]) -> Optional[tuple[str, str, list[str]]]:
+    """(disk_full | io_error, summary naming the path, evidence lines) when the lines show a full
+    disk, an exceeded quota or an I/O error (an OSError's `[Errno 28] ...: 'path'` or the like), or
+    a write that came up short without an errno (torch.save's stream writer: a full disk, mostly)."""
+    for cls, rx, what, verb in (("disk_full", DISK_FULL, "no space left on device", "writing"),
+                                ("io_error", IO_ERROR, "I/O error", "on")):
+        ev = _matches(lines, rx)
+        if not ev:
+            continue
+        paths = [m.group(3) for m in (ERRNO_PATH.search(e) for e in ev) if m and m.group(3)]
+        if cls == "disk_full" and any("quota" in e.lower() for e in ev):
+            what = "disk quota exceeded"
+        return cls, what + (f" {verb} {paths[-1]}" if paths else ""), ev[-3:]
+    ev = _matches(lines, WRITE_FAILED)
+    if ev:
+        where = _where(last_exception(lines)[1])
+        return ("disk_full", "a file write came up short" + (f" at {where}" if where else "")
+                + " (the disk is probably full or over quota)", ev[-3:])
+    return None
+
+
 def _nonfinite_tail(diag_tail: list[dict[str, Any]]) -> Optional[str]:
     for rec in reversed(diag_tail):
         for key in ("loss", "train_loss", "val_loss"):
@@ -232,10 +262,13 @@ def classify(
     node_ev = _matches(lines[-30:], NODE_FAIL)
     if raw == "NODE_FAIL" or (node_ev and raw != "COMPLETED"):
         return done("node_fail", "the node failed", node_ev + code_ev)
+    disk = disk_trouble(lines)
     if raw == "VANISHED":  # the job (wrapper included) disappeared without recording an exit
         oom = _matches(lines, HOST_OOM) + _matches(lines, CUDA_OOM)
         if oom:
             return done("oom", "out of memory (the job was killed)", oom[-3:])
+        if disk:
+            return done(disk[0], f"{disk[1]} (the job died without recording its end)", disk[2])
         return done("node_fail", "the job vanished without recording an exit (node failure or killed)",
                     ["the backend no longer knows the job and no exit status was written"] + lines[-2:])
     if raw == "PREEMPTED" or wrapper_cause == "preempted" or (_matches(lines[-30:], PREEMPT)
@@ -250,6 +283,8 @@ def classify(
     ev = _matches(lines, HOST_OOM)
     if raw == "OUT_OF_MEMORY" or ev:
         return done("oom", "out of host memory" + (f" ({d.exception})" if d.exception else ""), ev[-3:] + code_ev)
+    if disk:  # ENOSPC/EDQUOT/EIO, in a traceback or in the job wrapper's own words: not the user's code
+        return done(disk[0], disk[1], disk[2] + code_ev)
     if stalled or wrapper_cause == "stalled":
         return done("stalled", "stopped making progress (no heartbeat) and was stopped", code_ev)
     ev = _matches(lines, NCCL)

@@ -1,17 +1,27 @@
-"""Helpers shared by several commands: waiting for runs, formatting numbers and ages."""
+"""Helpers shared by several commands: waiting for runs, formatting numbers and ages, naming
+damaged run folders."""
 from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
+from typing import Iterable, Optional, TextIO
 
-from orchestrator.record.tree import Run
+from orchestrator.record.tree import Damaged, Run
 from orchestrator.record.states import State
 from orchestrator.lifecycle.refresh import persist, refresh
 
 
+def warn_damaged(damaged: Iterable[Damaged], file: Optional[TextIO] = None) -> int:
+    """One warning line per damaged folder (path and what is wrong) on stderr; how many."""
+    n = 0
+    for d in damaged:
+        print(f"warning: damaged run folder {d}", file=file or sys.stderr)
+        n += 1
+    return n
+
+
 def fmt_age(seconds: Optional[float]) -> str:
-    if seconds is None:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds != seconds:
         return "-"
     s = int(seconds)
     if s < 60:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from orchestrator.record.atomicio import atomic_write_bytes
-from orchestrator.errors import UserError
+from orchestrator.errors import RecordDamaged, UserError
 from orchestrator.analysis.rundata import open_source, unique_labels
+from orchestrator.commands.common import warn_damaged
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,24 +25,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 
 
-def _expand(refs: list[str], results: Path) -> list:
-    from orchestrator.record.tree import ResultsRoot
+def _expand(refs: list[str], results: Path) -> tuple[list, int]:
+    """(the runs and bundles to compare, how many of the runs asked for are damaged). Damaged run
+    folders are named on stderr and left out; the rest is compared."""
+    from orchestrator.record.tree import Damaged, ResultsRoot
 
     out = []
+    damaged: list[Damaged] = []
+    bad = 0
     for ref in refs:
         group = results / ref
         if "/" not in ref and not Path(ref).exists() and group.is_dir() and not (group / "run.json").exists():
-            for r in ResultsRoot(results).resolve_many([ref]):
+            for r in ResultsRoot(results).resolve_many([ref], damaged):
                 out.append(open_source(str(r.paths.root), results))
             continue
-        out.append(open_source(ref, results))
-    return out
+        try:
+            out.append(open_source(ref, results))
+        except RecordDamaged as exc:
+            print(f"warning: {exc.message}", file=sys.stderr)
+            bad += 1
+    return out, bad + warn_damaged(damaged)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot}: the file name must end in .png")
-    items = _expand(args.refs, args.results)
+    items, damaged = _expand(args.refs, args.results)
+    if not items:
+        raise RecordDamaged("nothing left to compare: every run asked for is damaged")
     unique_labels(items)
     from orchestrator.analysis.compare import compare
 
@@ -59,4 +70,4 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.plot)
         atomic_write_bytes(out, png)
         print(f"wrote {out}", file=sys.stderr if (args.json or args.csv) else sys.stdout)
-    return 0
+    return 1 if damaged else 0

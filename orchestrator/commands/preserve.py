@@ -8,8 +8,9 @@ from pathlib import Path
 from orchestrator.errors import EXIT_USAGE, UserError
 from orchestrator.preserve.bundle import ARCHIVES, preserve
 from orchestrator.analysis.rundata import RunData
+from orchestrator.commands.common import warn_damaged
 from orchestrator.record.checkpoints import POLICIES
-from orchestrator.record.tree import ResultsRoot
+from orchestrator.record.tree import Damaged, ResultsRoot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,8 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which checkpoint folders to keep (default: the spec's preserve.checkpoints, else best)")
     p.add_argument("--archive", choices=ARCHIVES, default=None, help="write one archive instead of a folder")
     p.add_argument("--force", action="store_true", help="replace an existing, different bundle of the run")
-    p.add_argument("--copy", action="store_true",
-                   help="copy checkpoints byte by byte (default: reflink or hard link where possible)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--copy", action="store_true",
+                     help="copy checkpoints byte by byte (default: a reflink where the filesystem can, else a copy)")
+    how.add_argument("--link", action="store_true",
+                     help="hard-link checkpoints where a reflink is impossible: fast and no extra space, but the "
+                          "bundle then shares the run's files (an in-place change to one changes the bundle)")
 
 
 def _spec_preserve(d: RunData) -> dict:
@@ -30,9 +35,11 @@ def _spec_preserve(d: RunData) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = ResultsRoot(args.results).resolve_many(args.runs)
+    damaged: list[Damaged] = []
+    runs = ResultsRoot(args.results).resolve_many(args.runs, damaged)
     seen: set[Path] = set()
     failed = 0
+    damaged_rc = 1 if warn_damaged(damaged) else 0
     for r in runs:
         if r.paths.root.resolve() in seen:
             continue
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{r.run_id}: spec preserve.checkpoints {policy!r} is not one of {', '.join(POLICIES)}")
         try:
             out = preserve(d, dest, checkpoints=policy, archive=args.archive, force=args.force, copy=args.copy,
-                           log=lambda s: print(s))
+                           link=args.link, log=lambda s: print(s))
         except UserError as exc:
             if len(runs) == 1:
                 raise
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if out.status == "unchanged":
             print(f"{r.run_id}: unchanged {out.path} ({out.files} files, {size:.1f} MiB; same manifest)")
         else:
-            linked = f", {out.linked} linked" if out.linked else ""
+            linked = f", {out.linked} {'linked' if args.link else 'reflinked'}" if out.linked else ""
             print(f"{r.run_id}: {out.status} {out.path} ({out.files} files, {size:.1f} MiB{linked}, "
                   f"{out.seconds:.1f}s)")
-    return EXIT_USAGE if failed else 0
+    return EXIT_USAGE if failed else damaged_rc

@@ -7,10 +7,17 @@ its output in logs/stdout-N.log and logs/stderr-N.log, forwards signals to it, e
 time limit on the local backend the way `sbatch --signal` + the time limit do on SLURM, and
 records how the attempt ended (exit.json, renamed into place, and run.json). A trainer exiting
 with 75 has checkpointed after a signal: the wrapper requeues it while the retry policy allows.
+
+A full disk (or an I/O error) must not make a job vanish without a word: the wrapper keeps a small
+reserve file in the run folder and, when a record write fails with ENOSPC/EDQUOT/EIO, frees it and
+retries with back-off (exit.json, a convenience copy, is simply skipped). An attempt that died on
+a full disk or an I/O error (the wrapper's own writes failed, or the filesystem is full) is
+recorded as `disk_full`/`io_error` with the path, even when the trainer could not write a line.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import signal
@@ -20,7 +27,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from orchestrator.backends.base import JobEnvironment
 from orchestrator.backends.registry import job_environment, names as backend_names
@@ -28,7 +35,7 @@ from orchestrator.record import record
 from orchestrator.record.atomicio import atomic_write_json, file_lock, read_json
 from orchestrator.record.heartbeat import Heartbeat
 from orchestrator.record.paths import RunPaths
-from orchestrator.record.record import IllegalTransition, now_iso
+from orchestrator.record.record import Failure, IllegalTransition, now_iso
 from orchestrator.record.states import EXIT_REQUEUE, State
 from orchestrator.record.tree import Run
 from orchestrator.spec.schema import Spec, parse_duration, spec_from_run
@@ -37,6 +44,13 @@ FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, sign
 TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 KILL_WAIT = float(os.environ.get("ORCH_KILL_WAIT", "10"))
 POLL = 0.2
+T = TypeVar("T")
+# errno -> failure class: a write (or read) the filesystem refused, whoever made it
+DISK_ERRNOS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EIO: "io_error"}
+RESERVE_NAME = ".orch-reserve"  # freed when the disk is full, so the attempt's end can be recorded
+RESERVE_BYTES = 256 * 1024
+FULL_BELOW = 64 * 1024  # a filesystem with less free space than this is full
+RECORD_TRIES = 6  # record writes on a full disk: 0.2 + 0.4 + ... + 3.2 s of back-off in all
 
 
 def trainer_command(spec: Spec, run_dir: Path, port_seed: str) -> list[str]:
@@ -81,21 +95,115 @@ class JobWrapper:
         self.time_killed = False
         self.heartbeat = Heartbeat(self.paths.heartbeat)
         self._slot_fd: Optional[int] = None
+        self.attempt_n: Optional[int] = None  # the attempt this wrapper claimed
+        self.io_errors: list[tuple[OSError, str]] = []  # this wrapper's own writes the filesystem refused
 
     # -- attempts ------------------------------------------------------------------------
     def claim_attempt(self) -> int:
         """Start the attempt the record names (or a new one after a scheduler requeue); refused, with
         the reason, when this job is not the run's current job or the run was stopped meanwhile."""
-        return record.claim(self.run, job_id=self.job.job_id(), backend=self.backend, pid=os.getpid(),
-                            restart_count=self.job.restart_count())
+        self.attempt_n = self.durable("claim the attempt in", lambda: record.claim(
+            self.run, job_id=self.job.job_id(), backend=self.backend, pid=os.getpid(),
+            restart_count=self.job.restart_count()))
+        return self.attempt_n
 
     def finish_attempt(self, n: int, state: State, exit_code: Optional[int], sig: Optional[int],
                        cause: Optional[str], requeue: bool) -> State:
-        ended = now_iso()
+        """Record how attempt n ended. On a full disk the record is still written (the reserve is
+        freed for it) and a failure without another cause is `disk_full`/`io_error`."""
+        failure = self.disk_failure(n) if state == State.FAILED and cause is None else None
         status = {"attempt": n, "state": str(state), "exit_code": exit_code, "signal": sig,
-                  "cause": cause, "requeued": requeue, "ended_at": ended, "host": socket.gethostname()}
-        atomic_write_json(self.paths.exit_status, status)
-        return record.finish(self.run, n, state, exit_code=exit_code, signal=sig, cause=cause, requeue=requeue)
+                  "cause": failure.cls if failure else cause, "requeued": requeue, "ended_at": now_iso(),
+                  "host": socket.gethostname()}
+        try:
+            atomic_write_json(self.paths.exit_status, status)
+        except OSError as exc:  # a convenience copy: run.json, below, is the record
+            self._note_io_error(exc, "write", self.paths.exit_status)
+            if state == State.FAILED and cause is None:
+                failure = self.disk_failure(n)  # now with this error as evidence
+        cause = failure.cls if failure else cause
+        return self.durable("record the end of the attempt in", lambda: record.finish(
+            self.run, n, state, exit_code=exit_code, signal=sig, cause=cause, failure=failure, requeue=requeue))
+
+    # -- a full disk ---------------------------------------------------------------------
+    def make_reserve(self) -> None:
+        """A small file of really allocated blocks, freed when a record write hits a full disk."""
+        path = self.paths.root / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:  # already full (or no fallocate): no reserve, the retries still run
+            self.release_reserve()
+
+    def release_reserve(self) -> bool:
+        try:
+            (self.paths.root / RESERVE_NAME).unlink()
+            return True
+        except OSError:
+            return False
+
+    def durable(self, what: str, write: Callable[[], T]) -> T:
+        """A record write that a full disk or an I/O error does not lose: on ENOSPC/EDQUOT/EIO the
+        reserve is freed and the write retried with back-off; other errors are raised at once."""
+        delay = 0.2
+        for attempt in range(RECORD_TRIES):
+            try:
+                return write()
+            except OSError as exc:
+                if exc.errno not in DISK_ERRNOS or attempt == RECORD_TRIES - 1:
+                    raise
+                self._note_io_error(exc, what, self.paths.run_json)
+                freed = self.release_reserve()
+                if not freed:
+                    time.sleep(delay)
+                    delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note_io_error(self, exc: OSError, what: str, path: Path) -> None:
+        self.io_errors.append((exc, str(exc.filename or path)))
+        say(f"orch: could not {what} {path}: {exc.strerror or exc}")
+
+    def disk_failure(self, n: int) -> Optional[Failure]:
+        """disk_full/io_error for attempt n when this wrapper's writes failed that way, the trainer's
+        log shows it, or the run's filesystem is full now (the trainer could not even log why)."""
+        from orchestrator.checks.diagnose import disk_trouble, last_exception, read_tail
+
+        ours = [f"OSError: [Errno {e.errno}] {e.strerror}: '{path}'" for e, path in self.io_errors
+                if e.errno in DISK_ERRNOS]
+        log = read_tail(self.paths.stderr(n), 16 * 1024, 60)
+        found = disk_trouble(ours + log)
+        try:
+            st = os.statvfs(self.paths.root)
+            free: Optional[int] = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        if found is None and last_exception(log)[0] is None and free is not None and free < FULL_BELOW:
+            found = ("disk_full", f"no space left on the filesystem of {self.paths.root}",
+                     ["the trainer ended without a word (its log could not be written)"])
+        if found is None:
+            return None  # the trainer's own traceback says why: diagnosed from the logs
+        cls, summary, evidence = found
+        if free is not None:
+            evidence = evidence + [f"the filesystem of {self.paths.root} has {free:,} bytes free now"]
+        return Failure(cls, summary, attempt=n, evidence=evidence, diagnosed_at=now_iso())
+
+    def record_crash(self, exc: BaseException) -> None:
+        """The wrapper itself broke: a full disk or an I/O error ends the claimed attempt as such;
+        anything else is a wrapper_error. Retried like every record write."""
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and self.attempt_n is not None:
+            self.io_errors.append((exc, str(exc.filename or self.paths.root)))
+            n, failure = self.attempt_n, self.disk_failure(self.attempt_n)
+            try:
+                self.durable("record the end of the attempt in", lambda: record.finish(
+                    self.run, n, State.FAILED, cause=failure.cls if failure else None, failure=failure))
+            except IllegalTransition:
+                pass  # the attempt's end was recorded before the wrapper broke
+            return
+        summary = f"{type(exc).__name__}: {exc}"
+        self.durable("record the wrapper's error in", lambda: record.wrapper_error(self.run, summary))
 
     # -- waiting -------------------------------------------------------------------------
     def wait_for_dependencies(self) -> Optional[str]:
@@ -273,6 +381,7 @@ class JobWrapper:
     def main(self) -> int:
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
+        self.make_reserve()
         blocked = self.wait_for_dependencies()
         if blocked:
             record.dependency_failed(self.run, blocked)
@@ -285,6 +394,7 @@ class JobWrapper:
                 except IllegalTransition:
                     pass  # cancelled already
                 return 1
+            self.io_errors.clear()  # the evidence of a full disk is per attempt
             try:
                 n = self.claim_attempt()
             except IllegalTransition as exc:
@@ -308,6 +418,14 @@ class JobWrapper:
             time.sleep(min(parse_duration(self.spec.retry.backoff), 2.0))
 
 
+def say(text: str) -> None:
+    """A line on the wrapper's stderr, if that can still be written (it may be on the full disk)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command: Optional[list[str]] = None
@@ -328,9 +446,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         except Exception as exc:  # the wrapper itself broke: say so in the run folder, not only in a log
             import traceback
 
-            traceback.print_exc()
-            record.wrapper_error(wrapper.run, f"{type(exc).__name__}: {exc}")
+            say("".join(traceback.format_exception(exc)).rstrip())
+            try:
+                wrapper.record_crash(exc)
+            except Exception as again:  # noqa: BLE001 - nothing left to record it with: say so, loudly
+                say(f"orch: the end of this job could not be recorded in {wrapper.paths.run_json}: {again}")
+                return 3
             return 1
+        finally:
+            wrapper.release_reserve()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from orchestrator.lifecycle.provenance import collect
 from orchestrator.record.tree import ResultsRoot, Run, new_run_id
 from orchestrator.spec.registry import lookup
 from orchestrator.spec.schema import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
-from orchestrator.record.states import State
 
 
 @dataclass
@@ -176,13 +175,4 @@ def resubmit(run: Run, reason: str = "resume", backend: Optional[str] = None, *,
         run.paths.cancel_request.unlink()
     group = SubmitGroup([SubmitItem(run, spec)], group_id=run.run_id)
     return get_backend(name).submit(group)[0]
-
-
-def ensure_stopped(run: Run, state: State) -> None:
-    if state == State.COMPLETED:
-        raise UserError(f"run {run.run_id} already COMPLETED",
-                        hint="to train further, submit again with a larger budget (e.g. --set train.max_steps=...)")
-    if state.active:
-        raise UserError(f"run {run.run_id} is {state}: only stopped runs can be resumed",
-                        hint=f"`orch cancel {run.run_id}` first, or wait for it to end")
 

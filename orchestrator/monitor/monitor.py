@@ -10,13 +10,20 @@ Safety: the pass holds `results/.monitor.lock` (non-blocking: an overlapping cro
 exits quietly), and each run is handled under its own `.monitor.lock` with a marker in run.json
 naming the attempt already handled, so a pass is idempotent and a failed attempt is retried at
 most once. Every action is appended to `results/events.jsonl`.
+
+Robustness: damaged run folders (run.json missing, unreadable, not a record; a folder of another
+user) are named in `PassResult.damaged` and left alone; a run that breaks its own handling (a
+damaged spec.yaml, a folder we may not write, a full disk) gets one `monitor_error` event per
+distinct problem and the pass goes on with the other runs.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_text, file_lock
 from orchestrator.record import record
@@ -25,8 +32,11 @@ from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure
 from orchestrator.secrets import redact_mapping
 from orchestrator.errors import OrchError, UserError
 from orchestrator.record.record import now_iso
-from orchestrator.record.tree import ResultsRoot, Run
+from orchestrator.record.tree import Damaged, ResultsRoot, Run
 from orchestrator.record.states import State
+
+if TYPE_CHECKING:
+    from orchestrator.lifecycle.refresh import RunView
 
 LOCK_NAME = ".monitor.lock"  # in the results root: one pass at a time
 RUN_LOCK_NAME = ".monitor.lock"  # inside each run folder: one handler of a run at a time
@@ -40,6 +50,7 @@ class PassResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     active: int = 0
     skipped: bool = False  # another monitor held the lock
+    damaged: list[Damaged] = field(default_factory=list)  # run folders that could not be read
 
 
 class Monitor:
@@ -51,8 +62,10 @@ class Monitor:
         self.now = now
         self.log = log
         self._specs: dict[str, Any] = {}
+        self._spec_problems: dict[str, str] = {}
         self._runs: list[Run] = []
         self.events: list[dict[str, Any]] = []
+        self._events_unwritable = False
 
     # -- bookkeeping ---------------------------------------------------------------------
     def emit(self, kind: str, run: Optional[Run] = None, **fields: Any) -> dict[str, Any]:
@@ -60,7 +73,12 @@ class Monitor:
         if run is not None:
             ev.update(run_id=run.run_id, name=run.name, run_dir=str(run.paths.root))
         ev.update(redact_mapping({k: v for k, v in fields.items() if v is not None}))
-        append_jsonl(self.root.root / EVENTS_NAME, ev)
+        try:
+            append_jsonl(self.root.root / EVENTS_NAME, ev)
+        except OSError as exc:  # a full disk or a read-only tree: the event is still reported and alerted
+            if not self._events_unwritable:
+                self._events_unwritable = True
+                self.log(f"warning: cannot append to {self.root.root / EVENTS_NAME}: {exc.strerror or exc}")
         self.events.append(ev)
         return ev
 
@@ -72,7 +90,10 @@ class Monitor:
             try:
                 self._specs[run.run_id] = spec_from_run(run.paths.spec)
             except (OrchError, OSError, ValueError) as exc:
-                self.log(f"{run.run_id}: spec.yaml unreadable: {exc}")
+                why = (exc.message if isinstance(exc, OrchError) else
+                       f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc))
+                self._spec_problems[run.run_id] = f"spec.yaml unusable: {why}"
+                self.log(f"{run.run_id}: spec.yaml unusable: {why}")
                 self._specs[run.run_id] = None
         return self._specs[run.run_id]
 
@@ -88,51 +109,85 @@ class Monitor:
         if not self.root.root.is_dir():
             raise UserError(f"results root {self.root.root} does not exist",
                             hint="pass --results DIR (or set ORCH_RESULTS)")
-        with file_lock(self.root.root / LOCK_NAME, blocking=False) as got:
+        with contextlib.ExitStack() as stack:
+            try:
+                got = stack.enter_context(file_lock(self.root.root / LOCK_NAME, blocking=False))
+            except OSError as exc:
+                raise UserError(f"cannot take the monitor lock in {self.root.root}: {exc.strerror or exc}",
+                                hint="the monitor needs write access to the results root") from None
             if not got:
                 return PassResult(skipped=True)
             self.events = []
-            self._runs = list(self.root.iter_runs())
+            self._runs, damaged = self.root.scan()
+            for d in damaged:
+                self.log(f"warning: damaged run folder {d}")
             active = self.refresh_active([r for r in self._runs if r.state.active])
             for run in self._runs:
                 run.reload()
                 if run.state.terminal:
-                    self.handle_ended(run)
+                    self.guarded(run, self.handle_ended)
             from orchestrator.monitor.alerts import dispatch_all
 
             for ev in dispatch_all(list(self.events), self.monitor_spec):
                 self.emit(ev.pop("event"), None, **ev)
-            return PassResult(self.events, active)
+            return PassResult(self.events, active, damaged=damaged)
+
+    def guarded(self, run: Run, handle: Callable[[Run], None]) -> None:
+        """Handle one run; whatever breaks it (a damaged spec, a folder we may not write, a full disk,
+        a bug) becomes one `monitor_error` event per distinct problem, and the pass goes on."""
+        try:
+            handle(run)
+        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the monitor for all others
+            first = (str(exc).splitlines() or [""])[0]
+            why = exc.message if isinstance(exc, OrchError) else f"{type(exc).__name__}: {first[:300]}"
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            own = frame is not None and not isinstance(exc, OrchError)
+            where = f" (at {Path(frame.filename).name}:{frame.lineno})" if own and frame else ""
+            summary = f"could not handle this run: {why}{where}"
+            n = _attempt_n(run)
+            marker = run.reload().get("monitor") or {}
+            if marker.get("error") == summary and marker.get("error_attempt") == n:
+                return  # reported already; it keeps failing the same way
+            self.emit("monitor_error", run, attempt=n, summary=summary)
+            try:
+                self._mark(run, n, run.state, error=summary, error_attempt=n)
+            except (OrchError, OSError):
+                pass  # the record itself cannot take it: reported again next pass
 
     # -- active runs ---------------------------------------------------------------------
     def refresh_active(self, runs: list[Run]) -> int:
         """Poll, persist discovered states (STALLED, vanished), apply the stall policy; active count."""
         if not runs:
             return 0
-        from orchestrator.lifecycle.refresh import persist, refresh
+        from orchestrator.lifecycle.refresh import refresh
 
-        views = refresh(runs, now=self.now())
-        for view in views:
-            run = view.run
-            before = run.state
-            if view.reason and view.reason.startswith("backend unavailable"):
-                self.emit("backend_unavailable", run, summary=view.reason)
-                continue
-            with file_lock(run.paths.root / RUN_LOCK_NAME):
-                if view.state != before and persist(view):
-                    run.reload()
-                    if view.state == State.STALLED:
-                        self.emit("stalled", run, attempt=_attempt_n(run), summary=view.reason)
-                    elif before == State.STALLED and view.state == State.RUNNING:
-                        self.emit("recovered", run, attempt=_attempt_n(run), summary="heartbeat is fresh again")
-                    elif view.died:
-                        self.emit("vanished", run, attempt=_attempt_n(run), summary=view.reason)
-                run.reload()
-                if run.state == State.STALLED:
-                    self.apply_stall_policy(run)
+        for view in refresh(runs, now=self.now()):
+            self.guarded(view.run, lambda _run, view=view: self.refresh_one(view))
         for run in runs:
             run.reload()
         return sum(1 for r in runs if r.state.active)
+
+    def refresh_one(self, view: "RunView") -> None:
+        """Persist what refresh found out about one active run; apply the stall policy."""
+        from orchestrator.lifecycle.refresh import persist
+
+        run = view.run
+        before = run.state
+        if view.reason and view.reason.startswith("backend unavailable"):
+            self.emit("backend_unavailable", run, summary=view.reason)
+            return
+        with file_lock(run.paths.root / RUN_LOCK_NAME):
+            if view.state != before and persist(view):
+                run.reload()
+                if view.state == State.STALLED:
+                    self.emit("stalled", run, attempt=_attempt_n(run), summary=view.reason)
+                elif before == State.STALLED and view.state == State.RUNNING:
+                    self.emit("recovered", run, attempt=_attempt_n(run), summary="heartbeat is fresh again")
+                elif view.died:
+                    self.emit("vanished", run, attempt=_attempt_n(run), summary=view.reason)
+            run.reload()
+            if run.state == State.STALLED:
+                self.apply_stall_policy(run)
 
     def apply_stall_policy(self, run: Run) -> None:
         """`retry.on` lists `stalled`: stop the job (SIGTERM, then SIGKILL) so it can be retried."""
@@ -214,7 +269,11 @@ class Monitor:
     def apply_retry(self, run: Run, n: int, d: Diagnosis) -> bool:
         """Resubmit per `retry:`; True when this attempt needs no further attention."""
         spec = self.spec(run)
-        if d.cls == "cancelled" or spec is None:
+        if d.cls == "cancelled":
+            return True
+        if spec is None:
+            self.emit("not_retried", run, attempt=n, **{"class": d.cls},
+                      summary=self._spec_problems.get(run.run_id, "spec.yaml unusable"))
             return True
         retry = spec.retry
         rec = run.record

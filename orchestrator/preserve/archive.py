@@ -117,10 +117,13 @@ def verify_archive(path: Path) -> Verification:
     result = Verification(path)
     expected: dict[str, str] | None = None
     seen: dict[str, str] = {}
+    folders: set[str] = set()
     with _open(path) as tar:
         for m in tar:
             rel = _rel(m.name)
             if m.isdir():
+                if "/" in m.name.rstrip("/"):  # not the bundle's own top folder
+                    folders.add(rel.rstrip("/"))
                 continue
             if rel == MANIFEST_NAME and m.isfile():
                 fh = tar.extractfile(m)
@@ -149,4 +152,7 @@ def verify_archive(path: Path) -> Verification:
             if digest != expected[rel]:
                 result.changed.append(rel)
     result.missing = sorted(set(expected) - set(seen))
+    # A folder member that no listed file lives in was added (orch writes no folder members).
+    used = {"/".join(r.split("/")[:i]) for r in list(expected) + list(seen) for i in range(1, r.count("/") + 1)}
+    result.unexpected += [f"{d}/ (folder)" for d in sorted(folders - used)]
     return result

@@ -55,7 +55,7 @@ class Item:
     rel: str
     src: Path | None = None
     data: bytes | None = None
-    link: bool = False  # a checkpoint file: reflink/hard link allowed
+    link: bool = False  # a checkpoint file: reflink (or, with --link, a hard link) allowed
     stream_redact: bool = False  # a large text file: copied through the line redactor
 
     @property
@@ -281,8 +281,9 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def build(plan: Plan, tmp: Path, *, link: bool) -> tuple[dict[str, str], int]:
-    """Write every item under `tmp` (hash while copying), MANIFEST.sha256 last; (manifest, linked)."""
+def build(plan: Plan, tmp: Path, *, link: str) -> tuple[dict[str, str], int]:
+    """Write every item under `tmp` (hash while copying), MANIFEST.sha256 last; (manifest, linked).
+    `link` (manifest.LINK_MODES) applies to checkpoint files; every other file is copied."""
     manifest: dict[str, str] = {}
     linked = 0
     dirs = {tmp}
@@ -297,7 +298,7 @@ def build(plan: Plan, tmp: Path, *, link: bool) -> tuple[dict[str, str], int]:
             manifest[item.rel] = _write_stream(dst, redact_stream(item.src))  # type: ignore[arg-type]
         else:
             assert item.src is not None
-            digest, how = copy_hashed(item.src, dst, link=link and item.link)
+            digest, how = copy_hashed(item.src, dst, link=link if item.link else "copy")
             manifest[item.rel] = digest
             linked += how != "copy"
     for d in sorted((x for x in dirs if inside(tmp, x)), key=lambda p: len(p.parts), reverse=True):
@@ -410,10 +411,18 @@ def _as_data(run: RunLike) -> RunData:
 
 
 def preserve(run: RunLike, dest: Path | str, *, checkpoints: str = "best", archive: str | None = None,
-             force: bool = False, copy: bool = False, log: Callable[[str], None] | None = None) -> PreserveResult:
-    """Preserve one run into `dest`; see the module docstring for the guarantees."""
+             force: bool = False, copy: bool = False, link: bool = False,
+             log: Callable[[str], None] | None = None) -> PreserveResult:
+    """Preserve one run into `dest`; see the module docstring for the guarantees.
+
+    Checkpoints are reflinked where the filesystem can (an independent copy-on-write copy), else
+    copied; `copy` always copies byte by byte; `link` also allows hard links, which share the run's
+    files (an in-place change to the run's file then changes the bundle): only on request."""
+    if copy and link:
+        raise UserError("--copy and --link exclude each other")
+    mode = "copy" if copy else "hardlink" if link else "reflink"
     try:
-        return _preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, copy=copy, log=log)
+        return _preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, link_mode=mode, log=log)
     except OSError as exc:  # disk full, permissions, a file vanishing mid-copy: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         raise OrchError(f"preserve failed: {exc.strerror or exc}{where}; no bundle was written or changed",
@@ -421,7 +430,7 @@ def preserve(run: RunLike, dest: Path | str, *, checkpoints: str = "best", archi
 
 
 def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str | None, force: bool,
-              copy: bool, log: Callable[[str], None] | None) -> PreserveResult:
+              link_mode: str, log: Callable[[str], None] | None) -> PreserveResult:
     say = log or (lambda s: None)
     d = _as_data(run)
     if archive is not None and archive not in ARCHIVES:
@@ -459,7 +468,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
         tmp = _scratch(dest, "tmp", target.name.removesuffix(ext))
         tmp.mkdir()
         try:
-            manifest, linked = build(plan, tmp, link=not copy)
+            manifest, linked = build(plan, tmp, link=link_mode)
             final_tmp = tmp
             if archive:
                 from orchestrator.preserve.archive import write_archive
@@ -493,7 +502,7 @@ def _swap_into_place(new: Path, target: Path) -> None:
 
 
 def preserve_run(run: RunLike, dest: Path | str, checkpoints: str = "best", *, archive: str | None = None,
-                 force: bool = False, copy: bool = False) -> Path:
+                 force: bool = False, copy: bool = False, link: bool = False) -> Path:
     """The bundle path of `run` under `dest` (for `orch monitor`'s preserve.auto)."""
-    return preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, copy=copy,
+    return preserve(run, dest, checkpoints=checkpoints, archive=archive, force=force, copy=copy, link=link,
                     log=lambda s: print(s, file=sys.stderr)).path

@@ -2,8 +2,11 @@
 
 The manifest uses `sha256sum`'s own format, so `sha256sum -c MANIFEST.sha256` works inside a
 bundle without orch installed. Files are hashed while they are copied (one read of the source,
-big buffers, constant memory), or linked and then hashed once, so multi-GB checkpoints are read
-once. Nothing here follows a symlink: a bundle is a tree of plain files.
+big buffers, constant memory), or reflinked (a copy-on-write copy: the bundle keeps its bytes
+when the run's file is later changed) and then hashed once, so multi-GB checkpoints are read
+once. A hard link shares the run's file itself (an in-place edit of the run changes the bundle),
+so it is only made when asked for. Nothing here follows a symlink: a bundle is a tree of plain
+files.
 """
 from __future__ import annotations
 
@@ -64,16 +67,24 @@ def open_regular(path: Path | str) -> int:
 
 
 # ------------------------------------------------------------------------------ copying
-def copy_hashed(src: Path, dst: Path, *, link: bool = False) -> tuple[str, str]:
+# How a file gets into a bundle: a byte copy; a reflink, else a copy (the default: both are real,
+# independent copies); a reflink, else a hard link, else a copy (`orch preserve --link`).
+LINK_MODES = ("copy", "reflink", "hardlink")
+
+
+def copy_hashed(src: Path, dst: Path, *, link: str = "reflink") -> tuple[str, str]:
     """Copy `src` to a new file `dst` and return (sha256, how) with how in copy|reflink|hardlink.
 
-    With `link`, try a reflink (copy-on-write, safe to edit) then a hard link, and hash the
-    source once; otherwise, or when the filesystem refuses, read+hash+write in one pass.
+    `link` (one of LINK_MODES) says how far to go: "copy" reads+hashes+writes in one pass;
+    "reflink" tries a copy-on-write clone first; "hardlink" also accepts a hard link, which shares
+    the run's file (only on request). The source is hashed once either way.
     """
+    if link not in LINK_MODES:
+        raise ValueError(f"link={link!r}: expected one of {LINK_MODES}")
     fd = open_regular(src)
     try:
-        if link:
-            how = _try_link(fd, src, dst)
+        if link != "copy":
+            how = _try_link(fd, src, dst, hardlink=link == "hardlink")
             if how:
                 return hash_fd(fd), how
         return _copy_fd(fd, dst), "copy"
@@ -81,7 +92,7 @@ def copy_hashed(src: Path, dst: Path, *, link: bool = False) -> tuple[str, str]:
         os.close(fd)
 
 
-def _try_link(src_fd: int, src: Path, dst: Path) -> str | None:
+def _try_link(src_fd: int, src: Path, dst: Path, *, hardlink: bool) -> str | None:
     try:
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError:
@@ -93,6 +104,8 @@ def _try_link(src_fd: int, src: Path, dst: Path) -> str | None:
     except OSError:
         os.close(out)
         os.unlink(dst)
+    if not hardlink:
+        return None
     try:
         os.link(src, dst, follow_symlinks=False)
         return "hardlink"
@@ -209,25 +222,34 @@ class Verification:
         return not (self.missing or self.changed or self.unexpected)
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def walk_files(root: Path, *, empty_dirs: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every entry below `root` as (relative posix path, entry), never following symlinks.
 
-    Directories are descended; anything else (files, symlinks, fifos) is yielded.
+    Directories are descended; anything else (files, symlinks, fifos) is yielded, and with
+    `empty_dirs` so is every folder that holds nothing (as "path/"): a manifest lists files only,
+    so an added empty folder is otherwise invisible.
     """
-    stack = [("", str(root))]
+    stack: list[tuple[str, str, os.DirEntry[str] | None]] = [("", str(root), None)]
     while stack:
-        prefix, path = stack.pop()
+        prefix, path, here = stack.pop()
+        found = False
         with os.scandir(path) as it:
             for entry in it:
+                found = True
                 rel = f"{prefix}{entry.name}"
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append((rel + "/", entry.path))
+                    stack.append((rel + "/", entry.path, entry))
                 else:
                     yield rel, entry
+        if empty_dirs and not found and here is not None:
+            yield prefix, here
 
 
 def verify_folder(bundle: Path) -> Verification:
-    """Compare every file of a bundle folder with its manifest (archives: `preserve.verify`)."""
+    """Compare every file of a bundle folder with its manifest (archives: `preserve.verify`).
+
+    Anything not in the manifest is unexpected: a file, a symlink, a fifo, or a folder (an empty
+    one added, or one that a manifest file cannot explain)."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle folder", hint="pass the folder `orch preserve` printed")
@@ -235,8 +257,11 @@ def verify_folder(bundle: Path) -> Verification:
     result = Verification(bundle)
     present: set[str] = set()
     buf = bytearray(CHUNK)
-    for rel, entry in sorted(walk_files(bundle), key=lambda t: t[0]):
+    for rel, entry in sorted(walk_files(bundle, empty_dirs=True), key=lambda t: t[0]):
         if rel == MANIFEST_NAME:
+            continue
+        if rel.endswith("/"):
+            result.unexpected.append(f"{rel} (folder)")
             continue
         present.add(rel)
         if rel not in expected or not entry.is_file(follow_symlinks=False):

@@ -1,12 +1,13 @@
 """Crash-safe file writes and tolerant readers for the run folder.
 
 State files are replaced by rename (temp file + fsync + rename), so a reader sees the old or
-the new file, never half of one. JSONL files are appended a line at a time, and readers skip a
-truncated last line (a writer killed mid-line).
+the new file, never half of one. JSONL files are appended a line at a time; readers skip a
+truncated line (a writer killed mid-line, a disk that filled up), and a later append never joins it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -82,33 +83,48 @@ def atomic_write_json(path: Path | str, obj: Any, *, fsync: bool = True) -> None
 
 
 def read_json(path: Path | str, default: Any = None) -> Any:
-    """Read a JSON file; `default` when it is missing or unreadable (never raises for those)."""
+    """Read a JSON file; `default` when it is missing, unreadable (permissions, I/O errors) or not
+    JSON (never raises for those). `record.read_json_strict` says which, for run.json."""
     try:
         with open(path, "rb") as fh:
             return json.loads(fh.read())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return default
 
 
 def append_jsonl(path: Path | str, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single write() so concurrent appenders do not interleave."""
+    """Append one JSON line with a single write() so concurrent appenders do not interleave.
+
+    A writer that died mid-line, or whose write was cut short by a full disk, leaves a torn tail
+    without a newline: this append then starts on a new line, so the torn fragment stays a line of
+    its own (readers skip it) and the new record is never glued onto it. A short write (the disk
+    filled up part way) is finished or raises OSError; it is never silently dropped.
+    """
     line = (json.dumps(record, default=str, allow_nan=True) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     except FileNotFoundError:  # the first line of a file in a folder not made yet (eval/, logs/)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a torn tail: keep it apart from this record
+        view = memoryview(line)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:  # pragma: no cover - write(2) raises rather than return 0 for files
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            view = view[written:]
     finally:
         os.close(fd)
 
 
 def iter_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Yield records, skipping blank, truncated or corrupt lines."""
+    """Yield records, skipping blank, truncated or corrupt lines (nothing when unreadable)."""
     try:
         fh = open(path, "rb")
-    except FileNotFoundError:
+    except OSError:
         return
     with fh:
         for raw in fh:
@@ -134,7 +150,7 @@ def tail_jsonl(path: Path | str, n: int = 1, *, chunk: int = 8192) -> list[dict[
     """
     try:
         fh = open(path, "rb")
-    except FileNotFoundError:
+    except OSError:
         return []
     with fh:
         fh.seek(0, os.SEEK_END)

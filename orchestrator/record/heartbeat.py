@@ -33,9 +33,13 @@ class Heartbeat:
 
 
 def read_heartbeat(path: Path) -> dict[str, Any]:
-    return read_json(path, default={}) or {}
+    """The last beat; {} when missing, unreadable or not a JSON object (a garbage file is no beat)."""
+    hb = read_json(path, default={})
+    return hb if isinstance(hb, dict) else {}
 
 
 def heartbeat_age(hb: dict[str, Any], now: float | None = None) -> float | None:
     t = hb.get("time")
-    return None if t is None else max(0.0, (now or time.time()) - float(t))
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or t != t:
+        return None  # no beat, or a garbage time
+    return max(0.0, (now or time.time()) - float(t))

@@ -180,14 +180,18 @@ class RunRecord:
         if not isinstance(d, dict):
             raise RecordDamaged(f"{where}: expected a JSON object, found {type(d).__name__}")
         d = dict(d)
+        raw_state = d.pop("state", State.PENDING.value)
         try:
-            state = State(d.pop("state", State.PENDING.value))
+            state = State(raw_state)
         except ValueError:
-            raise RecordDamaged(f"{where}: unknown state {d.get('state')!r}") from None
+            raise RecordDamaged(f"{where}: unknown state {raw_state!r}") from None
         attempts_raw = d.pop("attempts", None) or []
         if not isinstance(attempts_raw, list) or not all(isinstance(a, dict) for a in attempts_raw):
             raise RecordDamaged(f"{where}: 'attempts' is not a list of objects")
-        failure = Failure.from_dict(d.pop("failure", None))
+        failure_raw = d.pop("failure", None)
+        if failure_raw is not None and not isinstance(failure_raw, dict):
+            raise RecordDamaged(f"{where}: 'failure' is not an object")
+        failure = Failure.from_dict(failure_raw)
         known, extra = _known(cls, d)
         known.setdefault("run_id", "")
         known.setdefault("name", "")
@@ -229,6 +233,7 @@ class RunRecord:
         self.state = State.QUEUED
         self.failure = None
         self.exit_code = self.ended_at = self.pending_reason = self.state_reason = None
+        self.extra.pop("checks", None)  # the verdict on the previous attempt (`orch check` judges the new one)
         return att
 
 
@@ -460,8 +465,12 @@ def finish(run: "Run", n: int, state: State, *, exit_code: Optional[int] = None,
             rec.failure = None
             return rec.state
         rec.state = state
-        if state != State.COMPLETED and (cause or failure):
+        if state == State.COMPLETED:  # a note about an earlier attempt must not stick to a success
+            rec.failure = rec.state_reason = None
+        elif cause or failure:
             rec.failure = failure or Failure(cause or FailureClass.UNKNOWN.value, f"attempt {n}: {cause}", attempt=n)
+            if failure is not None:
+                att.failure_class = failure.cls
         return rec.state
 
     return transact(run, t)

@@ -210,10 +210,8 @@ class ResourcesSpec(Section):
         return self.procs_per_node or max(1, self.gpus_per_node)
 
 
-FAILURE_CLASSES = (
-    "preempted", "timeout", "node_fail", "oom", "nccl", "stalled", "killed",
-    "diverged", "data_error", "user_error", "cancelled", "unknown",
-)
+# the one table (orchestrator/record/record.py): retry.on accepts every class
+from orchestrator.record.record import FAILURE_CLASSES  # noqa: E402
 
 
 class RetrySpec(Section):

@@ -128,20 +128,20 @@ def test_idempotent_refuse_then_force(env: tuple[Path, Path], tmp_path: Path) ->
     assert "0.9" in (bundle / "eval" / "metrics_history.jsonl").read_text()
 
 
-def test_links_by_default_copies_with_flag(env: tuple[Path, Path], tmp_path: Path) -> None:
+def test_copies_by_default_links_only_when_asked(env: tuple[Path, Path], tmp_path: Path) -> None:
     results, _ = env
     run_dir = next((results / "quick").iterdir())
     src = run_dir / "ckpt" / "best" / "model" / "model.safetensors"
     orch("preserve", "quick", "--dest", str(tmp_path / "a"), results=results, cwd=tmp_path, check=True)
-    orch("preserve", "quick", "--dest", str(tmp_path / "b"), "--copy", results=results, cwd=tmp_path, check=True)
-    linked = _bundle(tmp_path / "a") / "ckpt" / "best" / "model" / "model.safetensors"
-    copied = _bundle(tmp_path / "b") / "ckpt" / "best" / "model" / "model.safetensors"
+    orch("preserve", "quick", "--dest", str(tmp_path / "b"), "--link", results=results, cwd=tmp_path, check=True)
+    copied = _bundle(tmp_path / "a") / "ckpt" / "best" / "model" / "model.safetensors"
+    linked = _bundle(tmp_path / "b") / "ckpt" / "best" / "model" / "model.safetensors"
     assert copied.stat().st_ino != src.stat().st_ino and copied.read_bytes() == src.read_bytes()
-    assert linked.read_bytes() == src.read_bytes()
+    assert linked.stat().st_ino == src.stat().st_ino  # same filesystem: --link hard-links checkpoints
     # the same content either way: identical manifests
     assert (_bundle(tmp_path / "a") / "MANIFEST.sha256").read_text() == (_bundle(tmp_path / "b") / "MANIFEST.sha256").read_text()
     # logs are never linked: a run still appending must not change its bundle
-    assert (_bundle(tmp_path / "a") / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
+    assert (_bundle(tmp_path / "b") / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
 
 
 def test_killed_midway_leaves_no_complete_looking_bundle(tmp_path: Path) -> None:

@@ -76,6 +76,21 @@ CASES = [
     ("cancelled_state", dict(backend_state="CANCELLED by 1000"), "cancelled", "cancelled"),
     ("stalled", dict(stalled=True, signal=9), "stalled", "heartbeat"),
     ("nothing", dict(exit_code=3), "unknown", "exit code 3"),
+    ("enospc_path", dict(exit_code=1, stderr=tb("/x/trainers/framework/checkpoint.py", exc=
+        "OSError: [Errno 28] No space left on device: '/r/ckpt/.tmp-step-00000040-7/model.safetensors'")),
+     "disk_full", "writing /r/ckpt/.tmp-step-00000040-7/model.safetensors"),
+    ("enospc_safetensors", dict(exit_code=1, stderr=tb("/x/t.py", exc=
+        "safetensors_rust.SafetensorError: Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+        "message: \"No space left on device\" })")), "disk_full", "no space left on device"),
+    ("quota", dict(exit_code=1, stderr=tb("/x/t.py", exc="OSError: [Errno 122] Disk quota exceeded: '/r/logs/x'")),
+     "disk_full", "quota exceeded writing /r/logs/x"),
+    ("torch_short_write", dict(exit_code=1, stderr=tb("/x/trainers/framework/checkpoint.py", exc=
+        "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 193152 vs 193044")),
+     "disk_full", "checkpoint.py:42"),
+    ("eio", dict(exit_code=1, stderr=tb("/x/t.py", exc="OSError: [Errno 5] Input/output error: '/r/eval/m.jsonl'")),
+     "io_error", "I/O error on /r/eval/m.jsonl"),
+    ("vanished_disk_full", dict(backend_state="VANISHED", stderr=["orch: could not write /r/exit.json: "
+                                                                  "No space left on device"]), "disk_full", "no space"),
 ]
 
 

@@ -83,16 +83,18 @@ def test_verify_not_a_bundle(tmp_path: Path) -> None:
         verify_bundle(tmp_path / "absent")
 
 
-@pytest.mark.parametrize("link", [False, True])
-def test_copy_hashed_single_pass(tmp_path: Path, link: bool) -> None:
+@pytest.mark.parametrize("link", ["copy", "reflink", "hardlink"])
+def test_copy_hashed_single_pass(tmp_path: Path, link: str) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(9 * 1024 * 1024 + 3))  # more than one 8 MiB chunk
     dst = tmp_path / "dst.bin"
     digest, how = copy_hashed(src, dst, link=link)
     assert digest == hashlib.sha256(src.read_bytes()).hexdigest() == hash_file(dst)
     assert dst.read_bytes() == src.read_bytes()
-    if not link:
+    if link == "copy":
         assert how == "copy" and os.stat(src).st_ino != os.stat(dst).st_ino
+    elif link == "reflink":  # never a hard link: the bundle's file is its own
+        assert how in ("reflink", "copy") and os.stat(src).st_ino != os.stat(dst).st_ino
     else:
         assert how in ("reflink", "hardlink", "copy")
 

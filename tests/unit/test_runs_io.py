@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_json, read_json, read_jsonl, tail_jsonl
-from orchestrator.errors import RunNotFound, UserError
+from orchestrator.errors import RecordDamaged, RunNotFound, UserError
 from orchestrator.record.paths import RunPaths, check_name
 from orchestrator.lifecycle.provenance import safe_env
 from orchestrator.record.tree import ResultsRoot
@@ -25,6 +25,36 @@ def test_tail_reads_last_records_and_skips_truncated_line(tmp_path: Path) -> Non
     assert [r["step"] for r in tail_jsonl(p, 3)] == [4997, 4998, 4999]
     assert read_jsonl(p)[-1]["step"] == 4999
     assert tail_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_append_after_a_torn_tail_starts_a_new_line(tmp_path: Path) -> None:
+    """A full disk (or a kill) cut the last line short: the next record must not be glued onto it."""
+    p = tmp_path / "d.jsonl"
+    append_jsonl(p, {"step": 1})
+    with open(p, "ab") as fh:
+        fh.write(b'{"time": 1')  # the torn tail
+    append_jsonl(p, {"step": 2})
+    append_jsonl(p, {"step": 3})
+    assert p.read_bytes() == b'{"step": 1}\n{"time": 1\n{"step": 2}\n{"step": 3}\n'
+    assert [r["step"] for r in read_jsonl(p)] == [1, 2, 3] and [r["step"] for r in tail_jsonl(p, 5)] == [1, 2, 3]
+
+
+def test_a_run_folder_being_created_is_not_damaged_until_it_is_old(tmp_path: Path) -> None:
+    """create_run writes run.json last: a young folder without it is skipped, an old one is damaged."""
+    root = ResultsRoot(tmp_path)
+    good = root.create_run("exp", {})
+    folder = tmp_path / "exp" / "exp-being-made"
+    folder.mkdir()
+    assert [r.run_id for r in root.iter_runs()] == [good.run_id] and root.scan()[1] == []
+    os.utime(folder, (1e9, 1e9))
+    runs, damaged = root.scan()
+    assert [r.run_id for r in runs] == [good.run_id]
+    assert [(d.run_id, d.group, d.path) for d in damaged] == [("exp-being-made", "exp", folder)]
+    assert "no run.json" in damaged[0].problem
+    with pytest.raises(RecordDamaged, match="exp-being-made is damaged: .*no run.json"):
+        root.resolve("exp-being-made")
+    found: list = []
+    assert [r.run_id for r in root.resolve_many(["exp"], found)] == [good.run_id] and len(found) == 1
 
 
 def test_tail_cost_does_not_depend_on_history_length(tmp_path: Path) -> None:
