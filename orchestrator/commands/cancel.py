@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     runs = ResultsRoot(args.results).resolve_many(args.runs)
     by_backend: dict[str, list[tuple[Run, str, int]]] = defaultdict(list)
-    for view in refresh(runs):
+    for view in refresh(runs, strict=True):  # the scheduler must answer (exit 3 when it cannot)
         run_ = view.run
         persist(view)  # a job the backend lost is recorded as what it is, not cancelled
         if view.state.terminal:

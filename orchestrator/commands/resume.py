@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runs = ResultsRoot(args.results).resolve_many(args.runs)
-    views = refresh(runs)
+    views = refresh(runs, strict=True)  # the scheduler must answer (exit 3 when it cannot)
     for v in views:
         ensure_stopped(v.run, v.state)
     rc = 0
