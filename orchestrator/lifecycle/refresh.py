@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from orchestrator.record.atomicio import read_json
-from orchestrator.record.record import attempt_n, current_attempt, current_job_id
+from orchestrator.record.record import FAILURE_CLASSES, attempt_n, current_attempt, current_job_id
 from orchestrator.backends import JobStatus, get_backend
 from orchestrator.backends.registry import DEFAULT as DEFAULT_BACKEND
 from orchestrator.errors import OrchError
@@ -121,8 +121,12 @@ def _apply(view: RunView, js: Optional[JobStatus]) -> None:
     if js.state.terminal:
         view.state, view.reason = js.state, js.raw_state or view.reason  # e.g. cancelled while queued
         cls = _CLASS_OF_STATE.get(js.state)
+        if cls is None and att.get("ended_at"):  # its requeue ended before it ran: no log of it to read
+            raw = (js.raw_state or "").split(" ", 1)[0].lower()
+            cls = raw if raw in FAILURE_CLASSES else "unknown"
         if cls and view.failure is None:
-            view.failure = {"class": cls, "summary": f"the scheduler says {js.raw_state or js.state}",
+            view.failure = {"class": cls, "summary": f"the scheduler says {js.raw_state or js.state}"
+                            + (" (its requeue never started)" if att.get("ended_at") else ""),
                             "exit_code": js.exit_code, "signal": js.signal}
     elif js.state == State.QUEUED:
         view.state = State.QUEUED
@@ -133,6 +137,7 @@ def _apply(view: RunView, js: Optional[JobStatus]) -> None:
             view.reason = js.reason or view.reason
     elif js.raw_state != "alive":  # the scheduler's word beats a wrapper that has not started yet
         view.state = State.RUNNING if run.state != State.STALLED else run.state
+        view.reason = None if view.state == State.RUNNING else view.reason
     # local: alive; the wrapper's record says QUEUED or RUNNING
 
 

@@ -293,9 +293,10 @@ class Monitor:
         if not job_id:
             return None
         from orchestrator.backends import get_backend
+        from orchestrator.backends.registry import DEFAULT
 
         try:
-            js = get_backend(rec.get("backend") or "local").poll([job_id]).get(job_id)
+            js = get_backend(rec.get("backend") or DEFAULT).poll([job_id]).get(job_id)
         except OrchError as exc:
             self.unavailable = exc.message
             return f"the backend did not answer ({exc.message}): not resubmitting while job {job_id} may still be held"

@@ -116,7 +116,8 @@ def test_scancel_of_a_requeued_pending_job_is_cancelled_and_not_retried(lm_orch:
     subprocess.run(["scancel", job_id], check=True)
     wait_until(lambda: squeue_field(job_id, "%T") == "CANCELLED", 30, "scancel")
     before = (Path(run_dir) / "run.json").read_bytes()
-    seen = status(lm_orch)[row["run_id"]]
+    # (the shared cache answers for query_interval: the scheduler's next answer comes within it)
+    seen = wait_until(lambda: (s := status(lm_orch)[row["run_id"]])["state"] != "QUEUED" and s, 10, "status")
     assert seen["state"] == "CANCELLED" and seen["failure"] == "cancelled", seen
     assert (Path(run_dir) / "run.json").read_bytes() == before  # plain status is read-only
 
