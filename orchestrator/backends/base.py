@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from orchestrator.errors import BackendUnavailable
 from orchestrator.record.states import State
 
 if TYPE_CHECKING:  # the spec pulls in pydantic; `orch status` must not pay for it
@@ -26,6 +27,17 @@ class JobStatus:
     exit_code: Optional[int] = None
     signal: Optional[int] = None
     node: Optional[str] = None
+
+
+class StaleAnswer(BackendUnavailable):
+    """The scheduler did not answer (exit code 3). `last_known` holds the last answers seen for the
+    jobs asked, if any: stale, for display only; `since` is when the failed query was made."""
+
+    def __init__(self, message: str, hint: Optional[str] = None, *,
+                 last_known: Optional[dict[str, JobStatus]] = None, since: Optional[float] = None) -> None:
+        super().__init__(message, hint)
+        self.last_known = last_known or {}
+        self.since = since
 
 
 @dataclass
@@ -70,6 +82,15 @@ class Backend(ABC):
         """Stop jobs: SIGTERM (the trainer may checkpoint), SIGKILL after a grace period."""
 
 
+@dataclass(frozen=True)
+class StopVerdict:
+    """The scheduler's word on a terminating signal that came without the warning signal."""
+
+    cause: str  # a FailureClass value: cancelled, node_fail, preempted or timeout
+    requeued: bool = False  # the scheduler itself put the job back in its queue (a node failure)
+    evidence: str = ""
+
+
 class JobEnvironment(ABC):
     """The job side of a backend, asked by the job wrapper inside a running job (as submitit's
     `JobEnvironment`): who am I, how long may I run, who enforces that, how do I come back."""
@@ -104,3 +125,12 @@ class JobEnvironment(ABC):
     def started_at(self) -> Optional[float]:
         """When the job started (epoch seconds), if the backend knows."""
         return None
+
+    def stop_verdict(self, log_lines: list[str]) -> Optional[StopVerdict]:
+        """Why this job got a terminating signal (SIGTERM) with no warning before it: asked of the
+        scheduler (`scancel`, a node failure it requeues, a preemption). None when nobody but a user
+        can have sent it, or the scheduler cannot say: a cancellation."""
+        return None
+
+    def drop_requeue(self) -> None:
+        """Undo a requeue the scheduler made on its own (the retry policy allows no further attempt)."""

@@ -311,14 +311,28 @@ def classify(
                 code_ev + lines[-3:])
 
 
-def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool = False) -> Diagnosis:
-    """Classify the newest attempt of `run` from its record, logs and diagnostics."""
+def attempt_lines(lines: list[str], n: int) -> list[str]:
+    """The lines of a log shared by all attempts (the scheduler's) that belong to attempt n: those
+    after the job wrapper's "orch: attempt N started" marker. A log with markers but none for n
+    holds nothing of n (it never started); a tail with no marker at all is taken whole."""
+    marks = [i for i, ln in enumerate(lines) if ln.startswith("orch: attempt ")]
+    if not marks:
+        return lines
+    mine = [i for i in marks if lines[i].startswith(f"orch: attempt {n} started")]
+    return lines[mine[-1] + 1:] if mine else []
+
+
+def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool = False,
+                 exit_code: Optional[int] = None, signal: Optional[int] = None) -> Diagnosis:
+    """Classify the newest attempt of `run` from its record, logs and diagnostics (`exit_code` and
+    `signal`: the scheduler's, for an attempt whose wrapper recorded none)."""
     rec = run.reload()
     attempts = rec.get("attempts") or []
     att = attempts[-1] if attempts else {}
     n = att.get("n") or len(attempts) or 1
-    exit_code = att.get("exit_code", rec.get("exit_code"))
-    sig = att.get("signal")
+    if exit_code is None:
+        exit_code = att.get("exit_code", rec.get("exit_code"))
+    sig = att.get("signal") if signal is None else signal
     state = backend_state or att.get("backend_state")
     if not state and rec.get("state") in ("CANCELLED", "TIMEOUT", "PREEMPTED"):
         state = rec["state"]  # the wrapper's or scheduler's verdict, when nothing better is known
@@ -326,7 +340,7 @@ def diagnose_run(run: Run, *, backend_state: Optional[str] = None, stalled: bool
         backend_state=state,
         exit_code=exit_code,
         signal=sig,
-        stderr=read_tail(run.paths.stderr(n)) + read_tail(run.paths.scheduler_log, 16 * 1024, 60),
+        stderr=read_tail(run.paths.stderr(n)) + attempt_lines(read_tail(run.paths.scheduler_log, 16 * 1024, 60), n),
         stdout=read_tail(run.paths.stdout(n)),
         diagnostics_tail=tail_jsonl(run.paths.diagnostics, 5),
         cancel_requested=_cancel_requested(run),

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     runs = ResultsRoot(args.results).resolve_many(args.runs, damaged)
     rc = 1 if warn_damaged(damaged) else 0
     by_backend: dict[str, list[tuple[Run, str, int]]] = defaultdict(list)
-    for view in refresh(runs):
+    for view in refresh(runs, strict=True):  # the scheduler must answer (exit 3 when it cannot)
         run_ = view.run
         persist(view)  # a job the backend lost is recorded as what it is, not cancelled
         if view.state.terminal:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UserError
+from orchestrator.errors import BackendUnavailable, UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +58,11 @@ def one_pass(args: argparse.Namespace) -> int:
             print(json.dumps(ev, default=str))
     elif not args.quiet:
         print_summary(result.events, result.active)
+    if result.unavailable:  # the pass did what it could without the scheduler; say what it could not
+        err = BackendUnavailable(f"the scheduler did not answer: {result.unavailable}",
+                                 hint="runs it knows nothing new about were left as they were; try again later")
+        print(err.render(), file=sys.stderr)
+        return err.exit_code
     return 0
 
 

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     damaged: list[Damaged] = []
     runs = ResultsRoot(args.results).resolve_many(args.runs, damaged)
     rc = 1 if warn_damaged(damaged) else 0
-    views = refresh(runs)
+    views = refresh(runs, strict=True)  # the scheduler must answer (exit 3 when it cannot)
     for v in views:
         if v.state == State.COMPLETED:  # asking for more of a finished run is a usage error
             raise UserError(f"run {v.run.run_id} already COMPLETED",

@@ -13,10 +13,10 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from orchestrator.record.atomicio import tail_jsonl
-from orchestrator.errors import UserError
+from orchestrator.errors import BackendUnavailable, UserError
 from orchestrator.record.heartbeat import heartbeat_age
 from orchestrator.record.tree import Damaged, ResultsRoot
 from orchestrator.record.states import State
@@ -70,6 +70,7 @@ def summarize(view: RunView) -> dict[str, Any]:
         "stop_reason": rec.get("stop_reason"),
         "exit_code": rec.get("exit_code"),
         "damaged": None,
+        "stale": view.stale,
     }
 
 
@@ -130,6 +131,15 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     return [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged], asked_damaged
 
 
+def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:
+    """The error to exit with (code 3) when a backend did not answer; the rows were shown stale."""
+    why = next((s["stale"] for s in summaries if s.get("stale")), None)
+    if why is None:
+        return None
+    return BackendUnavailable(f"the scheduler did not answer: {why}",
+                              hint="the states shown are the last known ones (marked stale); try again later")
+
+
 def run(args: argparse.Namespace) -> int:
     while True:
         summaries, asked_damaged = collect(args)
@@ -146,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
                     counts[s["state"]] = counts.get(s["state"], 0) + 1
                 print(f"\n{time.strftime('%H:%M:%S')}  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if not args.watch:
+            err = unavailable(summaries)
+            if err is not None:
+                print(err.render(), file=sys.stderr)
+                return err.exit_code
             return 1 if asked_damaged else 0
         sys.stdout.flush()
         time.sleep(max(0.5, args.watch))

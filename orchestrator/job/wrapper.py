@@ -13,6 +13,9 @@ reserve file in the run folder and, when a record write fails with ENOSPC/EDQUOT
 retries with back-off (exit.json, a convenience copy, is simply skipped). An attempt that died on
 a full disk or an I/O error (the wrapper's own writes failed, or the filesystem is full) is
 recorded as `disk_full`/`io_error` with the path, even when the trainer could not write a line.
+
+A SIGTERM with no warning signal before it is a cancellation unless the scheduler says otherwise
+(the job side's `stop_verdict`: a node failure it requeued itself, a preemption).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from orchestrator.backends.base import JobEnvironment
 from orchestrator.backends.registry import job_environment, names as backend_names
+from orchestrator.job.proctree import signal_tree
 from orchestrator.record import record
 from orchestrator.record.atomicio import atomic_write_json, file_lock, read_json
 from orchestrator.record.heartbeat import Heartbeat
@@ -93,6 +97,7 @@ class JobWrapper:
         self.signals_seen: list[int] = []
         self.time_warned = False
         self.time_killed = False
+        self.attempt = 0  # the attempt this wrapper claimed
         self.heartbeat = Heartbeat(self.paths.heartbeat)
         self._slot_fd: Optional[int] = None
         self.attempt_n: Optional[int] = None  # the attempt this wrapper claimed
@@ -102,10 +107,50 @@ class JobWrapper:
     def claim_attempt(self) -> int:
         """Start the attempt the record names (or a new one after a scheduler requeue); refused, with
         the reason, when this job is not the run's current job or the run was stopped meanwhile."""
-        self.attempt_n = self.durable("claim the attempt in", lambda: record.claim(
-            self.run, job_id=self.job.job_id(), backend=self.backend, pid=os.getpid(),
-            restart_count=self.job.restart_count()))
-        return self.attempt_n
+        job_id, restarts = self.job.job_id(), self.job.restart_count()
+
+        def claim() -> int:
+            n = self.durable("claim the attempt in", lambda: record.claim(
+                self.run, job_id=job_id, backend=self.backend, pid=os.getpid(), restart_count=restarts))
+            self.attempt = self.attempt_n = n
+            # a marker in the scheduler's log (this process's stderr on SLURM): diagnosis reads what follows it
+            print(f"orch: attempt {n} started (job {job_id or '-'}, restart {restarts}) on {socket.gethostname()}",
+                  file=sys.stderr, flush=True)
+            return n
+
+        try:
+            return claim()
+        except IllegalTransition:
+            if not self._adopt_restart(job_id, restarts):
+                raise
+            return claim()
+
+    def _adopt_restart(self, job_id: Optional[str], restarts: int) -> bool:
+        """The scheduler restarted this same job (its own requeue: a node failure, an admin's
+        `scontrol requeue`) before the record caught up. A previous start the record still calls
+        running ended without a word (its wrapper died with its node): it is recorded as ended and
+        requeued (node_fail). A run recorded as stopped (not cancelled) gets a new attempt for this
+        start. Either way the claim that follows is the one decision; False when neither applies."""
+        rec = self.run.reload()
+        att = record.current_attempt(rec) or {}
+        if not job_id or att.get("job_id") != job_id or int(att.get("restart_count") or 0) >= restarts:
+            return False
+        n, state = int(att.get("n") or 0), rec.get("state")
+        try:
+            if state in (str(State.RUNNING), str(State.STALLED)) and not att.get("ended_at"):
+                record.finish(self.run, n, State.FAILED, cause="node_fail", requeue=True)
+                what = "ended without a word (its node failed)"
+            elif state in {str(s) for s in record.STOPPED} - {str(State.CANCELLED)}:
+                record.resubmit(self.run, self.backend, after_attempt=n,
+                                reason=f"requeued by the scheduler (restart {restarts})")
+                what = f"was recorded {state}"
+            else:
+                return False
+        except IllegalTransition:
+            return True  # someone else moved the run meanwhile: the claim that follows decides
+        print(f"orch: attempt {n} {what}; the scheduler restarted job {job_id} (restart {restarts})",
+              file=sys.stderr, flush=True)
+        return True
 
     def finish_attempt(self, n: int, state: State, exit_code: Optional[int], sig: Optional[int],
                        cause: Optional[str], requeue: bool) -> State:
@@ -260,13 +305,11 @@ class JobWrapper:
         self._signal_child(signum)
 
     def _signal_child(self, sig: int) -> None:
-        """Signal the trainer's whole process group: with `accelerate launch`, the workers themselves
-        (torchrun does not pass USR1 on to them)."""
+        """Signal the trainer's process group and every process below it: with `accelerate launch`,
+        the workers themselves, which torchrun starts in sessions of their own and does not pass
+        USR1 on to."""
         if self.child is not None and self.child.poll() is None:
-            try:
-                os.killpg(self.child.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_tree(self.child.pid, sig)
 
     def _child_setup(self) -> None:
         """In the child, before exec: its own process group, and the warning signal ignored.
@@ -343,7 +386,7 @@ class JobWrapper:
             return State.COMPLETED, None, False
         warned = self.time_warned or self.warn_signal in self.signals_seen
         if not warned and any(s in TERMINATING for s in self.signals_seen):
-            return State.CANCELLED, "cancelled", False
+            return self._unwarned_stop()
         killed_by_warning = rc < 0 and -rc == self.warn_signal and warned
         # A launcher (torchrun) reports its workers' exit 75 as a plain failure: the trainer's own
         # record of this attempt says whether it stopped for the signal after a checkpoint.
@@ -355,6 +398,26 @@ class JobWrapper:
         if rc < 0:
             return State.FAILED, "killed", self._retry_allows("killed")
         return State.FAILED, None, False  # classified from the logs by diagnose() below
+
+    def _unwarned_stop(self) -> tuple[State, Optional[str], bool]:
+        """A SIGTERM with no warning signal before it. The job side asks the scheduler why: a
+        cancellation (`scancel`, or a signal by hand: never requeued, never retried), or the
+        scheduler's own stop (a node it marked DOWN, a preemption), which it may have requeued
+        already; then this attempt just ends and the requeued job is the next one (or is dropped
+        when the retry policy allows no further attempt)."""
+        from orchestrator.checks.diagnose import attempt_lines, read_tail
+
+        verdict = self.job.stop_verdict(attempt_lines(read_tail(self.paths.scheduler_log, 16 * 1024, 60), self.attempt))
+        print(f"orch: SIGTERM without a warning: {verdict.cause if verdict else 'cancelled'}"
+              + (" (the scheduler requeued the job)" if verdict and verdict.requeued else "")
+              + (f" [{verdict.evidence}]" if verdict else ""), file=sys.stderr, flush=True)
+        if verdict is None or verdict.cause == "cancelled":
+            return State.CANCELLED, "cancelled", False
+        state = {"timeout": State.TIMEOUT, "preempted": State.PREEMPTED}.get(verdict.cause, State.FAILED)
+        allowed = self._retry_allows(verdict.cause)
+        if verdict.requeued and not allowed:
+            self.job.drop_requeue()
+        return state, verdict.cause, allowed
 
     def _near_time_limit(self) -> bool:
         """A warning signal that arrives within the grace window of the scheduler's time limit."""

@@ -51,6 +51,7 @@ class PassResult:
     active: int = 0
     skipped: bool = False  # another monitor held the lock
     damaged: list[Damaged] = field(default_factory=list)  # run folders that could not be read
+    unavailable: Optional[str] = None  # a backend did not answer (why): `orch monitor` exits 3
 
 
 class Monitor:
@@ -66,6 +67,7 @@ class Monitor:
         self._runs: list[Run] = []
         self.events: list[dict[str, Any]] = []
         self._events_unwritable = False
+        self.unavailable: Optional[str] = None
 
     # -- bookkeeping ---------------------------------------------------------------------
     def emit(self, kind: str, run: Optional[Run] = None, **fields: Any) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class Monitor:
             if not got:
                 return PassResult(skipped=True)
             self.events = []
+            self.unavailable = None
             self._runs, damaged = self.root.scan()
             for d in damaged:
                 self.log(f"warning: damaged run folder {d}")
@@ -130,7 +133,7 @@ class Monitor:
 
             for ev in dispatch_all(list(self.events), self.monitor_spec):
                 self.emit(ev.pop("event"), None, **ev)
-            return PassResult(self.events, active, damaged=damaged)
+            return PassResult(self.events, active, damaged=damaged, unavailable=self.unavailable)
 
     def guarded(self, run: Run, handle: Callable[[Run], None]) -> None:
         """Handle one run; whatever breaks it (a damaged spec, a folder we may not write, a full disk,
@@ -173,6 +176,10 @@ class Monitor:
 
         run = view.run
         before = run.state
+        if getattr(view, "stale", None):  # nothing is decided on a stale answer: no stall, no vanish, no retry
+            self.unavailable = view.stale
+            self.emit("backend_unavailable", run, summary=view.stale)
+            return
         if view.reason and view.reason.startswith("backend unavailable"):
             self.emit("backend_unavailable", run, summary=view.reason)
             return
@@ -243,6 +250,10 @@ class Monitor:
     def _diagnosis(self, run: Run, marker: dict[str, Any], n: int) -> Diagnosis:
         rec = run.record
         f = rec.get("failure") or {}
+        if run.state == State.CANCELLED:  # orch cancel, scancel, a dependency: decided, never diagnosed
+            cls = f.get("class") if f.get("class") in _NOT_DIAGNOSED else "cancelled"
+            return Diagnosis(cls, f.get("summary") or rec.get("state_reason") or "cancelled", f.get("evidence") or [],
+                             None, f.get("exit_code"), f.get("signal"), n)
         if (f.get("attempt") == n and f.get("evidence") is not None) or f.get("class") in _NOT_DIAGNOSED:
             return Diagnosis(f.get("class", "unknown"), f.get("summary", ""), f.get("evidence") or [],
                              f.get("exception"), f.get("exit_code"), f.get("signal"), n)
@@ -269,8 +280,8 @@ class Monitor:
     def apply_retry(self, run: Run, n: int, d: Diagnosis) -> bool:
         """Resubmit per `retry:`; True when this attempt needs no further attention."""
         spec = self.spec(run)
-        if d.cls == "cancelled":
-            return True
+        if d.cls == "cancelled" or run.state == State.CANCELLED:
+            return True  # nothing retries a cancellation
         if spec is None:
             self.emit("not_retried", run, attempt=n, **{"class": d.cls},
                       summary=self._spec_problems.get(run.run_id, "spec.yaml unusable"))
@@ -286,6 +297,12 @@ class Monitor:
             self.emit("gave_up", run, attempt=n, **{"class": d.cls},
                       summary=f"{attempts} of {retry.max_attempts} attempts used", exception=d.exception)
             return True
+        held = self._still_held(run)
+        if held:  # one job per run: the scheduler's own requeue is the next attempt
+            if (rec.get("monitor") or {}).get("held") != held:
+                self._mark(run, n, run.state, held=held)
+                self.emit("retry_held", run, attempt=n, **{"class": d.cls}, summary=held)
+            return False
         from orchestrator.spec.schema import parse_duration
 
         delay = parse_duration(retry.backoff) * (2 ** max(0, attempts - 1))
@@ -321,6 +338,31 @@ class Monitor:
                   summary=f"resubmitted as attempt {n + 1} of {retry.max_attempts} (job {job_id}); "
                           f"resumes from its newest checkpoint")
         return True
+
+    def _still_held(self, run: Run) -> Optional[str]:
+        """Why not to resubmit a stopped run yet: its attempt record says a requeue is pending, or
+        the scheduler still holds its job (PENDING for its own requeue, BeginTime, REQUEUED,
+        REQUEUE_HOLD, or running again); None when nothing holds it. A scheduler that does not answer
+        holds it too: a resubmission now could make a second job for the run."""
+        rec = run.record
+        att = current_attempt(rec) or {}
+        if att.get("requeued"):
+            return f"attempt {att.get('n')} was requeued: the requeued job is the next attempt"
+        job_id = att.get("job_id")
+        if not job_id:
+            return None
+        from orchestrator.backends import get_backend
+        from orchestrator.backends.registry import DEFAULT
+
+        try:
+            js = get_backend(rec.get("backend") or DEFAULT).poll([job_id]).get(job_id)
+        except OrchError as exc:
+            self.unavailable = exc.message
+            return f"the backend did not answer ({exc.message}): not resubmitting while job {job_id} may still be held"
+        if js is not None and js.state is not None and js.state.active:
+            return (f"job {job_id} is still held by the scheduler ({js.raw_state}"
+                    + (f", {js.reason}" if js.reason else "") + "): its requeue is the next attempt")
+        return None
 
     def halve_batch(self, run: Run, n: int) -> bool:
         """After an OOM: halve train.batch_size and double grad_accum (same global batch) in spec.yaml.

@@ -577,6 +577,28 @@ def vanish(run: "Run", n: int, state: State, *, cls: Optional[str], summary: str
     return transact(run, t)
 
 
+def requeue_ended(run: "Run", n: int, state: State, *, cls: Optional[str], summary: str,
+                  exit_code: Optional[int] = None, signal: Optional[int] = None, inferred: bool = False) -> bool:
+    """The job the scheduler requeued after attempt n ended before it started again (cancelled while
+    it waited, or it failed before a wrapper claimed it): attempt n+1 is recorded as never started
+    and ended with that state, so the note belongs to it, not to attempt n. False when the run moved
+    on meanwhile (the requeued job started, or someone recorded its end first)."""
+
+    def t(rec: RunRecord) -> bool:
+        cur = rec.current
+        if rec.state != State.QUEUED or cur is None or cur.n != n or not cur.ended or not cur.extra.get("requeued"):
+            raise _Unchanged(False)
+        att = rec._open(cur.backend, "requeue", cur.job_id)
+        att.ended_at, att.state, att.exit_code, att.signal, att.cause = (now_iso(), state.value, exit_code,
+                                                                          signal, cls)
+        rec.state, rec.ended_at, rec.state_reason, rec.exit_code = state, att.ended_at, summary, exit_code
+        if cls and state != State.COMPLETED:
+            rec.failure = Failure(cls, summary, attempt=att.n, exit_code=exit_code, signal=signal, inferred=inferred)
+        return True
+
+    return transact(run, t)
+
+
 def record_failure(run: "Run", failure: Failure) -> None:
     """Attach a diagnosis to the run and its attempt (not a state change: the run stays stopped)."""
 
@@ -615,7 +637,8 @@ def attempt_n(rec: dict[str, Any]) -> int:
 __all__ = [
     "Attempt", "Failure", "FailureClass", "FAILURE_CLASSES", "IllegalTransition", "RecordDamaged", "RunRecord",
     "STOPPED", "TERMINAL", "annotate", "attempt_n", "cancel", "claim", "create", "current_attempt",
-    "current_job_id", "dependency_failed", "finish", "now_iso", "record_failure", "recover", "resubmit",
+    "current_job_id", "dependency_failed", "finish", "now_iso", "record_failure", "recover", "requeue_ended",
+    "resubmit",
     "stall", "stop_stalled", "submit", "submit_failed", "submitted", "transact", "vanish", "waiting",
     "wrapper_error", "set_job_id",
 ]

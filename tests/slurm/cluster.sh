@@ -4,6 +4,9 @@
 #   tests/slurm/cluster.sh up [--no-accounting]   start (idempotent; installs packages when missing)
 #   tests/slurm/cluster.sh down [--purge]         stop every daemon (--purge: also forget jobs + accounting DB)
 #   tests/slurm/cluster.sh status                 what is running, node states, accounting mode
+#   tests/slurm/cluster.sh stop slurmctld|slurmdbd   stop one daemon (fault tests; `up` restarts it)
+#   tests/slurm/cluster.sh min-job-age SECONDS    set MinJobAge live (scontrol reconfigure, no restart);
+#                                                 `min-job-age 3600` restores the default below
 #
 # Why a script and not a container: the SLURM backend must be proven against real
 # slurmctld/slurmd/slurmdbd, and CI machines are fresh Debian 12 VMs where we are root
@@ -395,6 +398,28 @@ cmd_down() {
     fi
 }
 
+# Fault tests stop one daemon at a time and bring it back with `up` (idempotent).
+cmd_stop() {
+    [[ $(id -u) == 0 ]] || die "must run as root"
+    case ${1:-} in
+    slurmctld) stop_pid slurmctld "$CTLD_PID" slurmctld ;;
+    slurmdbd) stop_pid slurmdbd "$DBD_PID" slurmdbd ;;
+    *) die "stop: name slurmctld or slurmdbd" ;;
+    esac
+}
+
+# A test-local MinJobAge (how long slurmctld remembers an ended job), applied with `scontrol
+# reconfigure` so running jobs and daemons are not restarted. Ended jobs are purged by slurmctld's
+# background pass, once a minute.
+cmd_min_job_age() {
+    local secs=${1:-}
+    [[ $secs =~ ^[0-9]+$ ]] || die "min-job-age: give a number of seconds"
+    [[ $(id -u) == 0 ]] || die "must run as root"
+    sed -i "s/^MinJobAge=.*/MinJobAge=$secs/" "$ETC/slurm.conf"
+    scontrol reconfigure >/dev/null
+    log "MinJobAge=$secs"
+}
+
 show() {  # show NAME PIDFILE COMM
     local pid
     if pid=$(pid_of "$2" "$3" 2>/dev/null); then
@@ -429,5 +454,7 @@ case ${1:-} in
 up) shift; cmd_up "$@" ;;
 down) shift; cmd_down "$@" ;;
 status) cmd_status ;;
-*) echo "usage: $0 up [--no-accounting] | down [--purge] | status" >&2; exit 2 ;;
+stop) shift; cmd_stop "$@" ;;
+min-job-age) shift; cmd_min_job_age "$@" ;;
+*) echo "usage: $0 up [--no-accounting] | down [--purge] | status | stop slurmctld|slurmdbd | min-job-age SECONDS" >&2; exit 2 ;;
 esac

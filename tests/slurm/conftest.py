@@ -57,6 +57,10 @@ def make_orch(tmp_path: Path, cwd: Path, profile: str = "query_interval: 0.5\n")
     (tmp_path / "cluster.yaml").write_text(profile)
     o = Orch(results, cwd)
     o.env.update(ORCH_CLUSTER=str(tmp_path / "cluster.yaml"), ORCH_SLURM_CACHE_DIR=str(tmp_path / "cache"))
+    # From tests/slurm/stub, `orchestrator` must still be this checkout's (not an installed copy); sbatch
+    # passes the environment on, so the jobs' wrappers import it too. The stub's `trainers` comes first
+    # (the working directory precedes PYTHONPATH).
+    o.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return o
 
 

@@ -106,3 +106,46 @@ def test_sbatch_parsable_and_dependencies() -> None:
     assert dependency_option([]) is None
     assert dependency_option(["12"]) == "afterok:12"
     assert dependency_option(["12_0", "12_1", "15", "20_3"]) == "afterok:12:15:20_3"
+
+
+SHOW_JOB = ("JobId=4 JobName=stubby UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901756 Nice=0 "
+            "Account=root QOS=normal JobState=FAILED Reason=JobLaunchFailure Dependency=(null) Requeue=1 "
+            "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:9 RunTime=00:00:05 TimeLimit=00:05:00 NodeList=n1 "
+            "BatchHost=n1 Command=/tmp/a dir/job.sh WorkDir=/tmp StdOut=/tmp/a dir/logs/scheduler.log Power=")
+
+
+def test_show_job_fields_and_status() -> None:
+    """`scontrol -o show job` (recorded on the test cluster): a SIGKILLed batch step, 0:9."""
+    from orchestrator.backends.slurm.parse import parse_show_job, show_job_status
+
+    fields = parse_show_job(SHOW_JOB)
+    assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0" and fields["ExitCode"] == "0:9"
+    st = show_job_status("4", SHOW_JOB)
+    assert st is not None and st.state == State.FAILED and st.exit_code == 0 and st.signal == 9
+    assert st.reason is None and st.node == "n1"  # a reason only means something while waiting
+    pending = show_job_status("2", "JobId=2 JobState=PENDING Reason=BeginTime Restarts=1 ExitCode=0:0")
+    assert pending is not None and pending.state == State.QUEUED and pending.reason == "BeginTime"
+    assert show_job_status("9", "") is None
+
+
+@pytest.mark.parametrize("line, cause", [
+    ("slurmstepd-n1: error: *** JOB 2 ON n1 CANCELLED AT 2026-12-03T11:33:35 DUE TO NODE FAILURE, "
+     "SEE SLURMCTLD LOG FOR DETAILS ***", "node_fail"),
+    ("slurmstepd-n1: error: *** JOB 2 ON n1 CANCELLED AT 2026-12-03T11:35:17 ***", "cancelled"),
+    ("slurmstepd-n1: error: *** JOB 2 ON n1 CANCELLED AT 2026-12-03T11:35:17 DUE TO TIME LIMIT ***", "timeout"),
+    ("slurmstepd-n2: error: *** STEP 2.0 ON n2 CANCELLED AT 2026-12-03T11:35:17 DUE TO PREEMPTION ***", "preempted"),
+    ("slurmstepd-n1: error: *** JOB 3 ON n1 CANCELLED AT 2026-12-03T11:35:17 ***", None),  # another job
+    ("orch: attempt 2 started (job 2, restart 1) on n1", None),
+])
+def test_stepd_cause(line: str, cause: str | None) -> None:
+    from orchestrator.backends.slurm.parse import stepd_cause
+
+    assert stepd_cause(["some output", line], {"2"}) == cause
+
+
+def test_stepd_cause_takes_the_last_line() -> None:
+    from orchestrator.backends.slurm.parse import stepd_cause
+
+    lines = ["*** JOB 7_1 ON n1 CANCELLED AT 2026-12-03T11:33:35 DUE TO NODE FAILURE, SEE SLURMCTLD LOG ***",
+             "*** JOB 7_1 ON n2 CANCELLED AT 2026-12-03T11:40:00 ***"]
+    assert stepd_cause(lines, {"7_1", "8"}) == "cancelled"

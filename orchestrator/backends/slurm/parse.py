@@ -158,6 +158,47 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
     return out
 
 
+def parse_show_job(text: str) -> dict[str, str]:
+    """`scontrol -o show job ID` -> the few fields orch reads (JobState, Reason, Restarts, ExitCode,
+    NodeList). Matched by name, since values such as Command= may hold spaces."""
+    out: dict[str, str] = {}
+    for key in ("JobId", "JobState", "Reason", "Restarts", "ExitCode", "NodeList", "BatchFlag"):
+        m = re.search(rf"(?:^|\s){key}=(\S*)", text)
+        if m:
+            out[key] = m.group(1)
+    return out
+
+
+def show_job_status(job_id: str, text: str) -> Optional[JobStatus]:
+    """A JobStatus from `scontrol -o show job` (None when it does not describe a job)."""
+    fields = parse_show_job(text)
+    raw = fields.get("JobState", "")
+    if not raw:
+        return None
+    state = map_state(raw)
+    code, sig = parse_exit_code(fields.get("ExitCode", ""))
+    return JobStatus(job_id, state, raw, _clean(fields.get("Reason", "")) if state == State.QUEUED else None,
+                     exit_code=code, signal=sig or None, node=_clean(fields.get("NodeList", "")))
+
+
+# The line slurmstepd writes into a job's output when it stops the job: "*** JOB 42 ON n1 CANCELLED
+# AT 2026-12-03T11:33:35 DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***" (arrays: JOB 41_2).
+STEPD_LINE = re.compile(r"\*\*\* (?:JOB|STEP) (\S+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z]+(?: [A-Z]+)*))?")
+STEPD_CAUSE = {"NODE FAILURE": "node_fail", "PREEMPTION": "preempted", "TIME LIMIT": "timeout"}
+
+
+def stepd_cause(lines: Iterable[str], job_ids: Iterable[str]) -> Optional[str]:
+    """Why slurmstepd stopped one of `job_ids`, from its last line in the job's output: node_fail,
+    preempted, timeout, cancelled (a plain `scancel`), or None when it wrote nothing."""
+    wanted = set(job_ids)
+    cause: Optional[str] = None
+    for line in lines:
+        m = STEPD_LINE.search(line)
+        if m and (m.group(1).split(".", 1)[0] in wanted):
+            cause = STEPD_CAUSE.get((m.group(2) or "").strip(), "cancelled" if not m.group(2) else None)
+    return cause
+
+
 def parse_show_config(text: str) -> dict[str, str]:
     """`scontrol show config` -> {'MaxArraySize': '1001', ...} (first block only)."""
     out: dict[str, str] = {}

@@ -10,7 +10,8 @@ Placeholders (documented for users in slurm_templates/README.md):
   setup            the profile's then the spec's `setup` lines (raw shell, by design)
   env              `export` lines: the spec's env, ORCH_RESULTS_ROOT
   jobwrap          the job wrapper command (`python -m orchestrator.job RUN_DIR --backend slurm`)
-  node_command     multi-node: the per-node `accelerate launch` command, quoted for `bash -c`
+  node_command     multi-node: the per-node `accelerate launch` command under orch's node shim,
+                   quoted for `bash -c`
   run_id, run_dir, job_name, workdir, results_root, python, nodes, procs_per_node,
   gpus_per_node, cpus_per_node, signal, signal_grace, time, mem_mb
 """
@@ -124,11 +125,14 @@ def python_executable(profile: ClusterProfile) -> str:
 
 
 def node_command(spec: Spec, python: str, run_dir: str) -> str:
-    """The per-node launcher for multi-node runs, quoted as one `bash -c` argument."""
+    """The per-node launcher for multi-node runs, quoted as one `bash -c` argument: `accelerate
+    launch` under orch's node shim (slurm/node.py), which keeps the launcher alive through the
+    warning signal and passes it on to every trainer process of its node."""
     res = spec.resources
     q = shlex.quote
     parts = [
-        "exec", q(python), "-m", "accelerate.commands.launch",
+        "exec", q(python), "-m", "orchestrator.backends.slurm.node", "--signal", q(res.signal), "--",
+        q(python), "-m", "accelerate.commands.launch",
         "--num_machines", str(res.nodes),
         "--machine_rank", '"$SLURM_NODEID"',  # each task's own node index
         "--main_process_ip", '"$ORCH_MAIN_ADDR"',

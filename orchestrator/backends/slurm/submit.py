@@ -9,7 +9,10 @@ reason) before the error is raised.
 Status: one `squeue` (plus one `sacct` when accounting exists and squeue no longer knows a
 job) per refresh, through a cache file shared by all orch processes of the user, so no
 more than one query per `query_interval` reaches slurmctld however many `orch status`
-loops run. The run folder's own markers (written by the job wrapper) cover the rest.
+loops run. A query that fails is cached as well (callers get StaleAnswer, exit code 3, with the
+last answers at once instead of each waiting for squeue to time out). Without accounting, an
+ended job's exit code comes from `scontrol show job`, and an ended job's last answer outlives
+its record in slurmctld. The run folder's own markers (written by the job wrapper) cover the rest.
 
 Requeue is the job side's (`slurm/job.py`): `scontrol requeue` puts the same job id (array task
 `<job>_<task>`) back in the queue and the next start is a new attempt in run.json.
@@ -25,13 +28,14 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 from orchestrator.record.atomicio import atomic_write_text
 from orchestrator.record import record
 from orchestrator.spec.profile import ClusterProfile, load_profile
-from orchestrator.errors import OrchError
+from orchestrator.errors import BackendUnavailable, OrchError
 from orchestrator.record.tree import Run
 from orchestrator.record.states import State
-from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
+from orchestrator.backends.base import Backend, JobStatus, StaleAnswer, SubmitGroup, SubmitItem
 from orchestrator.backends.slurm.cli import SharedCache, SlurmCLI, SlurmCommandError, prune_jobs
 from orchestrator.backends.slurm.parse import (
     SACCT_FORMAT, SQUEUE_FORMAT, ClusterConfig, base_job_id, merge_statuses, parse_sacct, parse_squeue,
+    show_job_status,
 )
 from orchestrator.backends.slurm.render import render_array, render_job
 
@@ -39,6 +43,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 CONFIG_TTL = 600.0  # seconds a cached `scontrol show config` stays valid
 JOB_CACHE_KEEP = 3600.0  # seconds cached job answers are kept in the shared file
+# One bounded wait for a scheduler query: squeue against a stopped slurmctld gives up by itself after
+# about 18 s (MessageTimeout and retries); an overloaded one may never answer.
+QUERY_TIMEOUT = float(os.environ.get("ORCH_SLURM_QUERY_TIMEOUT", "30"))
+ACCOUNTING_RETRY = 60.0  # seconds a sacct that failed (slurmdbd down) is not asked again
+MAX_SHOW_JOB = 20  # `scontrol show job` calls per poll for exit codes when there is no accounting
 
 
 class SlurmBackend(Backend):
@@ -54,6 +63,14 @@ class SlurmBackend(Backend):
     def config(self) -> ClusterConfig:
         """MaxArraySize and accounting, from `scontrol show config`, cached for CONFIG_TTL and
         invalidated when the local slurm.conf changes."""
+        if self._config is None:
+            with self.cache.locked() as data:
+                self._config_from(data)
+        assert self._config is not None
+        return self._config
+
+    def _config_from(self, data: dict[str, Any]) -> ClusterConfig:
+        """config() inside a section that already holds the shared cache's lock."""
         if self._config is not None:
             return self._config
         conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
@@ -61,14 +78,13 @@ class SlurmBackend(Backend):
             mtime = conf.stat().st_mtime
         except OSError:
             mtime = 0.0
-        with self.cache.locked() as data:
-            cached = data.get("config") or {}
-            if cached and time.time() - cached.get("at", 0) < CONFIG_TTL and cached.get("mtime") == mtime:
-                cfg = ClusterConfig(**cached["values"])
-            else:
-                out = self.cli.run(["scontrol", "show", "config"]).stdout
-                cfg = ClusterConfig.from_show_config(out)
-                data["config"] = {"at": time.time(), "mtime": mtime, "values": cfg.__dict__}
+        cached = data.get("config") or {}
+        if cached and time.time() - cached.get("at", 0) < CONFIG_TTL and cached.get("mtime") == mtime:
+            cfg = ClusterConfig(**cached["values"])
+        else:
+            out = self.cli.run(["scontrol", "show", "config"], timeout=QUERY_TIMEOUT).stdout
+            cfg = ClusterConfig.from_show_config(out)
+            data["config"] = {"at": time.time(), "mtime": mtime, "values": cfg.__dict__}
         if self.profile.max_array_size:
             cfg = ClusterConfig(**{**cfg.__dict__, "max_array_size": self.profile.max_array_size})
         self._config = cfg
@@ -158,44 +174,101 @@ class SlurmBackend(Backend):
     # -- status -----------------------------------------------------------------------------
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """Statuses for many jobs: cached answers younger than query_interval, else one squeue
-        (+ one sacct) for all the rest, under the shared cache's lock."""
+        (+ one sacct) for all the rest, under the shared cache's lock.
+
+        A scheduler that does not answer (within QUERY_TIMEOUT) raises StaleAnswer (exit code 3)
+        carrying the last answers seen; the failure is cached too, so every caller that was
+        queued on the lock behind that query, or asks within query_interval of it, gets the same
+        answer at once instead of repeating the wait. An ended job's answer is kept after the
+        scheduler forgets it (MinJobAge, no accounting): its state is final.
+        """
         ids = list(dict.fromkeys(j for j in job_ids if j))
         if not ids:
             return {}
-        accounting = self.config().accounting
         interval = self.profile.query_interval
+        asked_at = time.time()
+        failure: Optional[str] = None
         with self.cache.locked() as data:
             jobs: dict[str, Any] = data.setdefault("jobs", {})
-            now = time.time()
-            stale = sorted({base_job_id(j) for j in ids
-                            if now - float((jobs.get(base_job_id(j)) or {}).get("at", 0)) >= interval}, key=_num)
-            if stale:
-                fresh = self._query(stale, [j for j in ids if base_job_id(j) in set(stale)], accounting)
-                for base in stale:
-                    jobs[base] = {"at": now, "tasks": {}}
-                for jid, st in fresh.items():
-                    jobs.setdefault(base_job_id(jid), {"at": now, "tasks": {}})["tasks"][jid] = _dump(st)
-                prune_jobs(jobs, now, max(JOB_CACHE_KEEP, interval))
-            out = {}
-            for jid in ids:
-                raw = (jobs.get(base_job_id(jid)) or {}).get("tasks", {}).get(jid)
-                out[jid] = _load(jid, raw)
+            down = data.get("down") or {}
+            if down and float(down.get("at", 0)) >= asked_at - interval:
+                failure = str(down.get("error") or "the scheduler did not answer")
+            else:
+                try:
+                    self._refresh_jobs(data, jobs, ids, interval)
+                    data.pop("down", None)
+                except BackendUnavailable as exc:
+                    failure = exc.message
+                    data["down"] = {"at": time.time(), "error": failure}
+            out = {jid: _load(jid, (jobs.get(base_job_id(jid)) or {}).get("tasks", {}).get(jid)) for jid in ids}
+            since = float((data.get("down") or {}).get("at", 0)) or None
+        if failure is not None:
+            raise StaleAnswer(failure, hint="the Slurm controller cannot be reached; the states shown are the "
+                              "last known ones; try again later", since=since,
+                              last_known={j: st for j, st in out.items() if st.state is not None})
         return out
 
-    def _query(self, bases: list[str], wanted: list[str], accounting: bool) -> dict[str, JobStatus]:
+    def _refresh_jobs(self, data: dict[str, Any], jobs: dict[str, Any], ids: list[str], interval: float) -> None:
+        now = time.time()
+        stale = sorted({base_job_id(j) for j in ids
+                        if now - float((jobs.get(base_job_id(j)) or {}).get("at", 0)) >= interval}, key=_num)
+        if not stale:
+            return
+        accounting = self._config_from(data).accounting
+        known = {jid: _load(jid, raw) for base in stale for jid, raw in ((jobs.get(base) or {}).get("tasks") or {}).items()}
+        fresh = self._query(stale, [j for j in ids if base_job_id(j) in set(stale)], accounting, data, known)
+        for base in stale:
+            jobs[base] = {"at": now, "tasks": {}}
+        for jid, st in fresh.items():
+            before = known.get(jid)
+            if st.state is None and before is not None and before.state is not None and before.state.terminal:
+                st = before  # the scheduler forgot an ended job: what it said last is still true
+            jobs.setdefault(base_job_id(jid), {"at": now, "tasks": {}})["tasks"][jid] = _dump(st)
+        prune_jobs(jobs, now, max(JOB_CACHE_KEEP, interval))
+
+    def _query(self, bases: list[str], wanted: list[str], accounting: bool, data: dict[str, Any],
+               known: dict[str, JobStatus]) -> dict[str, JobStatus]:
         proc = self.cli.run(["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT, "-j", ",".join(bases)],
-                            ok_errors=("Invalid job id specified",))
+                            ok_errors=("Invalid job id specified",), timeout=QUERY_TIMEOUT)
         live = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
         accounted: dict[str, JobStatus] = {}
         need = [j for j in wanted if j not in live or (live[j].state is not None and live[j].state.terminal)]
+        acct_down = data.get("accounting_down") or {}
+        if acct_down and time.time() - float(acct_down.get("at", 0)) < ACCOUNTING_RETRY:
+            accounting = False  # slurmdbd did not answer a moment ago: do not wait for it again yet
         if accounting and need:
             try:
                 out = self.cli.run(["sacct", "-X", "-n", "--parsable2", "-o", SACCT_FORMAT,
-                                    "-j", ",".join(sorted({base_job_id(j) for j in need}, key=_num))]).stdout
+                                    "-j", ",".join(sorted({base_job_id(j) for j in need}, key=_num))],
+                                   timeout=QUERY_TIMEOUT).stdout
                 accounted = parse_sacct(out)
-            except (SlurmCommandError, OrchError):
+                data.pop("accounting_down", None)
+            except (SlurmCommandError, OrchError) as exc:
                 accounted = {}  # slurmdbd down: squeue + the run folder's markers still answer
-        return merge_statuses(live, accounted, sorted(set(live) | set(accounted) | set(wanted), key=_task_key))
+                data["accounting_down"] = {"at": time.time(), "error": exc.message}
+        merged = merge_statuses(live, accounted, sorted(set(live) | set(accounted) | set(wanted), key=_task_key))
+        self._exit_codes(merged, known)
+        return merged
+
+    def _exit_codes(self, statuses: dict[str, JobStatus], known: dict[str, JobStatus]) -> None:
+        """Ended jobs that no accounting answered for: their exit code and signal from `scontrol show
+        job` (squeue has none) while slurmctld still remembers them, asked once per job."""
+        asked = 0
+        for jid, st in statuses.items():
+            if st.state is None or not st.state.terminal or st.exit_code is not None or st.signal is not None:
+                continue
+            before = known.get(jid)
+            if before is not None and before.state == st.state and (before.exit_code is not None or before.signal is not None):
+                st.exit_code, st.signal = before.exit_code, before.signal
+                continue
+            if asked >= MAX_SHOW_JOB:
+                break
+            asked += 1
+            proc = self.cli.run(["scontrol", "-o", "show", "job", jid], ok_errors=("Invalid job id specified",),
+                                timeout=QUERY_TIMEOUT)
+            shown = show_job_status(jid, proc.stdout) if proc.returncode == 0 else None
+            if shown is not None and shown.state is not None and shown.state.terminal:
+                st.exit_code, st.signal = shown.exit_code, shown.signal
 
     # -- cancel -----------------------------------------------------------------------------
     def cancel(self, job_ids: Sequence[str]) -> None:

@@ -28,6 +28,8 @@ ORCH_MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 ORCH_MAIN_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
 export ORCH_MAIN_ADDR ORCH_MAIN_PORT
 # The job wrapper (on the first node) runs srun, which starts one task per node; each task
-# runs `accelerate launch` with its own $SLURM_NODEID as machine rank. The per-node command
-# is single-quoted so $SLURM_NODEID expands in each task, not in this batch shell.
-exec /opt/venv/bin/python -m orchestrator.job --backend slurm /results/demo/demo-20260101-000000-abcd -- srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 --kill-on-bad-exit=1 bash -c 'exec /opt/venv/bin/python -m accelerate.commands.launch --num_machines 2 --machine_rank "$SLURM_NODEID" --main_process_ip "$ORCH_MAIN_ADDR" --main_process_port "$ORCH_MAIN_PORT" --num_processes 8 --multi_gpu --dynamo_backend no -m trainers /results/demo/demo-20260101-000000-abcd'
+# runs `accelerate launch` with its own $SLURM_NODEID as machine rank, under orch's node shim
+# (orchestrator/backends/slurm/node.py): the launcher survives the warning signal, which the
+# shim passes on to every trainer process of its node. The per-node command is single-quoted
+# so $SLURM_NODEID expands in each task, not in this batch shell.
+exec /opt/venv/bin/python -m orchestrator.job --backend slurm /results/demo/demo-20260101-000000-abcd -- srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 --kill-on-bad-exit=1 bash -c 'exec /opt/venv/bin/python -m orchestrator.backends.slurm.node --signal TERM -- /opt/venv/bin/python -m accelerate.commands.launch --num_machines 2 --machine_rank "$SLURM_NODEID" --main_process_ip "$ORCH_MAIN_ADDR" --main_process_port "$ORCH_MAIN_PORT" --num_processes 8 --multi_gpu --dynamo_backend no -m trainers /results/demo/demo-20260101-000000-abcd'
