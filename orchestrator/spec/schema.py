@@ -155,6 +155,10 @@ class DataSpec(Section):
         return self
 
 
+# accelerate.utils.LoggerType's values (kept here: the control plane does not import accelerate/torch)
+TRACKERS = ("all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
+
+
 class TrainSpec(Section):
     max_steps: Optional[int] = Field(None, ge=1)
     max_tokens: Optional[int] = Field(None, ge=1)
@@ -177,6 +181,16 @@ class TrainSpec(Section):
     log_every: int = Field(10, ge=1)
     max_nonfinite_logs: int = Field(3, ge=0, description="stop as diverged after this many NaN/inf log steps in a row (0: never)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    trackers: list[str] = Field(default_factory=list, description="live logging through Accelerate's trackers "
+                                "(tensorboard, wandb, mlflow, ...), into RUN/tracking")
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}: Accelerate knows {', '.join(TRACKERS)}")
+        return v
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainSpec":

@@ -1,0 +1,62 @@
+"""The report's HTML: one small shell per page, its data embedded as one JSON blob.
+
+Every page is the same shell: a Content-Security-Policy that allows only the site's own script
+files (no inline script, no network), the page's data as `<script type="application/json">` with
+`<`, `>` and `&` written as JSON escapes (so no text from a run folder can close the element), and
+`static/report.js`, which renders everything with DOM text nodes, never as markup. The only text
+placed in markup directly is the title, HTML-escaped.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+# `file:` lets the page's own scripts load when it is opened from disk (Chromium gives file pages an
+# opaque origin that 'self' does not match); 'self' covers a web server.
+CSP = ("default-src 'none'; script-src 'self' file:; style-src 'self' file: 'unsafe-inline'; "
+       "img-src 'self' file: data:; base-uri 'none'; form-action 'none'")
+
+_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as strings (JSON has no such numbers); everything else unchanged."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def embed(data: Any) -> str:
+    """`data` as JSON safe inside a <script type="application/json"> element."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:  # a NaN or inf somewhere: the slow, cleaning path
+        text = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False, default=str)
+    return text.translate(_ESCAPES)
+
+
+def page(title: str, kind: str, data: Any, depth: int) -> str:
+    """A whole page: `kind` picks the renderer in report.js; `depth` is how deep below the site root."""
+    up = "../" * depth
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
+        "<meta name=\"referrer\" content=\"no-referrer\">"
+        f"<title>{html.escape(title)}</title>"
+        f"<link rel=\"stylesheet\" href=\"{up}static/uPlot.min.css\">"
+        f"<link rel=\"stylesheet\" href=\"{up}static/report.css\"></head>"
+        f"<body data-page=\"{kind}\" data-root=\"{up}\">"
+        "<noscript><p>This report is drawn by JavaScript in the page itself (nothing is fetched); "
+        "enable scripts for file pages to see it.</p></noscript><div id=\"app\"></div>"
+        f"<script type=\"application/json\" id=\"orch-data\">{embed(data)}</script>"
+        f"<script src=\"{up}static/uPlot.iife.min.js\"></script>"
+        f"<script src=\"{up}static/report.js\"></script>"
+        "</body></html>\n"
+    )
