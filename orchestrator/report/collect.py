@@ -1,26 +1,30 @@
 """What the report and the exporters read from a run folder, as plain JSON-able data.
 
-Three shapes: `index_row` (one line of the index: state, progress, key metrics, checks, sweep
-parameters, age), `run_document` (everything the run page shows) and `logical_rows` / `series`
-(a run's metric files as ONE logical run across requeued attempts: the JSONL files are appended
-by every attempt, and an attempt resumed from a checkpoint logs again from the checkpoint's step,
-so rows it rolls back are dropped and the later attempt's rows win).
+`collect_run` gives one run's index line (state, progress, key metrics, checks, sweep parameters,
+age), its run-page document, the text of its two metric files (parsed by the page's own script,
+so a long history costs the report no Python parsing) and its sweep-page entry. `logical_rows` /
+`series` / `read_series` read a run's metric files as ONE logical run across requeued attempts:
+the JSONL files are appended by every attempt, and an attempt resumed from a checkpoint logs
+again from the checkpoint's step, so the rows it rolls back are dropped and the later rows win.
 
 Everything taken from a run folder is redacted here (spec values under secret-looking keys,
-token-shaped strings, credentials in log lines) so no page or export carries a secret; HTML
-escaping is the page writer's job. Nothing here imports torch, pandas or matplotlib.
+token-shaped strings, credentials in log lines: the rules of `orch preserve` and of the failure
+diagnosis) so no page or export carries a secret; HTML escaping is the page writer's job.
+Nothing here imports torch, pandas or matplotlib.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from datetime import datetime
 from typing import Any, Iterable, Optional
 
 from orchestrator.record.atomicio import iter_jsonl, read_json
 from orchestrator.record.paths import RunPaths
 
-MAX_POINTS = 4000  # per chart series on a run page (a longer series is thinned evenly, the last point kept)
+MAX_EMBED = 4 * 2**20  # bytes of one metric file put in a run page (a longer file is thinned evenly)
 GROUP_POINTS = 300  # per val-loss curve on a sweep page
 MAX_ROWS = 200  # samples / predictions shown per run
 MAX_CELL = 2000  # characters of one sample/prediction field
@@ -29,10 +33,27 @@ _SKIP_KEYS = frozenset({"step", "time", "attempt"})
 
 
 # ------------------------------------------------------------------------------ secrets
+_TOKEN_PREFIXES = ("hf_", "sk-", "ghp_", "xox", "AKIA")  # what the preserve rules' token pattern starts with
+_YAML_KEY = re.compile(r"""["']?([^\s:"'#{},\[\]]{1,200})["']?\s*:(?=\s|$)""", re.MULTILINE)
+_JSON_STR_KEY = re.compile(r'"([^"\\]{1,200})": ?"')  # a key whose value is a string (only those are masked)
+
+
+def _may_hold_secret(text: str, keys: re.Pattern[str]) -> bool:
+    """False only when `text` has no token-shaped value and no secret-looking key (found by `keys`):
+    a cheap test that spares the structured redaction almost every run."""
+    from orchestrator.preserve.bundle import SECRET_KEY, SECRET_VALUE
+
+    if any(p in text for p in _TOKEN_PREFIXES) and SECRET_VALUE.search(text):
+        return True
+    return any(SECRET_KEY.search(k) for k in set(keys.findall(text)))
+
+
 def scrub(obj: Any) -> Any:
     """A structure with secret-looking keys and token-shaped values masked (the preserve rules)."""
     from orchestrator.preserve.bundle import redact
 
+    if not _may_hold_secret(json.dumps(obj, default=str), _JSON_STR_KEY):
+        return obj
     return redact(obj)[0]
 
 
@@ -136,28 +157,56 @@ def series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, Optio
     return out
 
 
+def _complete(path: Any, max_bytes: Optional[int] = None) -> bytes:
+    """A JSONL file's bytes up to its last newline (a torn last line is left out); b"" when missing.
+    With `max_bytes`, a longer file is thinned to about that size by keeping every k-th line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return b""
+    data = data[: data.rfind(b"\n") + 1]
+    if max_bytes and len(data) > max_bytes:
+        lines = data.split(b"\n")[:-1]
+        k = -(-len(data) // max_bytes)
+        data = b"\n".join(lines[::k] + ([lines[-1]] if (len(lines) - 1) % k else [])) + b"\n"
+    return data
+
+
+def read_rows(path: Any) -> list[dict[str, Any]]:
+    """All records of a JSONL file, parsed in one call to the C decoder (a corrupt line falls back
+    to line-by-line parsing, which skips it); like `iter_jsonl`, a torn last line is left out."""
+    data = _complete(path)
+    if not data:
+        return []
+    try:
+        rows = json.loads(b"[" + b",".join(line for line in data.split(b"\n") if line.strip()) + b"]")
+    except ValueError:
+        return list(iter_jsonl(path))
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def raw_rows(path: Any, max_bytes: int) -> tuple[str, int]:
+    """A JSONL file as text for the page's script to parse (thinned past `max_bytes`; token-shaped
+    strings masked), and its number of complete lines."""
+    from orchestrator.preserve.bundle import REDACTED, SECRET_VALUE
+
+    data = _complete(path)
+    count = data.count(b"\n")
+    if len(data) > max_bytes:
+        data = _complete(path, max_bytes)
+    text = data.decode("utf-8", "replace")
+    if any(p in text for p in _TOKEN_PREFIXES) and SECRET_VALUE.search(text):
+        text = SECRET_VALUE.sub(REDACTED, text)
+    return text, count
+
+
 def read_series(paths: RunPaths) -> dict[str, Any]:
     """A run's scalars as one logical run: {"train": series, "eval": series, "boundaries": [...]}"""
-    train, b1 = logical_rows(iter_jsonl(paths.fast("diagnostics")))
-    ev, b2 = logical_rows(iter_jsonl(paths.fast("metrics_history")))
+    train, b1 = logical_rows(read_rows(paths.fast("diagnostics")))
+    ev, b2 = logical_rows(read_rows(paths.fast("metrics_history")))
     return {"train": series(train), "eval": series(ev), "boundaries": b1 or b2,
             "train_rows": train, "eval_rows": ev}
-
-
-def _columns(rows: list[dict[str, Any]], limit: int) -> dict[str, list[Any]]:
-    """Logical rows as chart columns ({"step": [...], key: [...]}, null where a row lacks the key),
-    thinned evenly to at most `limit` rows (the last row kept)."""
-    if len(rows) > limit:
-        stride = len(rows) / limit
-        rows = [rows[int(i * stride)] for i in range(limit - 1)] + [rows[-1]]
-    flat = [flat_numbers(r) for r in rows]
-    keys: dict[str, None] = {}
-    for f in flat:
-        keys.update(dict.fromkeys(f))
-    cols: dict[str, list[Any]] = {"step": [int(r["step"]) for r in rows]}
-    for k in keys:
-        cols[k] = [f.get(k) for f in flat]
-    return cols
 
 
 # ------------------------------------------------------------------------------ the index row
@@ -201,6 +250,21 @@ def index_row(view: Any, summary: dict[str, Any], best: Optional[dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------ the run page
+def spec_text(paths: RunPaths) -> str:
+    """spec.yaml as written, for the run page; re-dumped with secrets masked when it may hold one."""
+    try:
+        with open(paths.fast("spec"), encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return ""
+    if not _may_hold_secret(text, _YAML_KEY):
+        return text
+    import yaml
+
+    spec = read_spec(paths)
+    return yaml.safe_dump(scrub(spec), sort_keys=False) if spec else "(spec.yaml could not be read)"
+
+
 def read_spec(paths: RunPaths) -> dict[str, Any]:
     import yaml
 
@@ -224,15 +288,18 @@ def _head_jsonl(path: Any, limit: int) -> tuple[list[dict[str, Any]], bool]:
     return out, False
 
 
-def _logs(paths: RunPaths, attempt: int) -> list[dict[str, Any]]:
+def _logs(paths: RunPaths, attempt: int, have: set[str]) -> list[dict[str, Any]]:
     """Tails of the training log, the current attempt's stdout/stderr and the scheduler's log."""
     from orchestrator.checks.diagnose import read_tail
 
-    files = [paths.training_log, paths.stderr(attempt), paths.stdout(attempt), paths.scheduler_log]
+    names = ["training.log", f"stderr-{attempt}.log", f"stdout-{attempt}.log", "scheduler.log"]
     if attempt > 1:
-        files.append(paths.stderr(attempt - 1))
+        names.append(f"stderr-{attempt - 1}.log")
     out = []
-    for f in files:
+    for name in names:
+        if f"logs/{name}" not in have:
+            continue
+        f = os.path.join(paths.dir, "logs", name)
         try:
             size = os.path.getsize(f)
         except OSError:
@@ -269,37 +336,69 @@ def scaling(metrics: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     chin = metrics.get("chinchilla") if isinstance(metrics.get("chinchilla"), dict) else {}
     tpp = number(metrics.get("tokens_per_param")) or (tokens / total if tokens and total else None)
     optimal = number(chin.get("tokens_per_param_optimal")) or 20.0
-    return {"params": total, "non_embedding": number(params.get("non_embedding")), "tokens": tokens,
+    return {"params": total, "non_embedding": number(params.get("non_embedding")), "tokens_seen": tokens,
             "tokens_per_param": tpp, "ratio": number(chin.get("ratio_to_optimal")) or (tpp / optimal if tpp else None),
             "optimal_tpp": optimal, "verdict": chin.get("verdict") if isinstance(chin.get("verdict"), str) else None}
 
 
-def collect_run(view: Any, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """One run's index row, run-page document and sweep-page entry, all redacted.
+def listing(run_dir: str) -> dict[str, tuple[int, int]]:
+    """{relative path: (mtime_ns, size)} of the files in the run folder, eval/ and logs/ (hidden
+    files left out): three directory reads instead of a failed open per missing file."""
+    out: dict[str, tuple[int, int]] = {}
+    for sub in ("", "eval", "logs"):
+        try:
+            entries = os.scandir(os.path.join(run_dir, sub) if sub else run_dir)
+        except OSError:
+            continue
+        with entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if e.is_file():
+                        st = e.stat()
+                        out[f"{sub}/{e.name}" if sub else e.name] = (st.st_mtime_ns, st.st_size)
+                except OSError:
+                    continue
+    return out
+
+
+def collect_run(view: Any, summary: dict[str, Any], present: Optional[Iterable[str]] = None
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], dict[str, Any]]:
+    """One run's index row, run-page document, the metric files' text for the page's script
+    (`{"train": ..., "eval": ...}`: the page parses them, so a long history costs Python no parsing)
+    and its sweep-page entry, all redacted.
 
     `summary` is `orch status`'s summary of the refreshed view, so the report shows the same
-    effective states (STALLED, vanished jobs) as `orch status`.
+    effective states (STALLED, vanished jobs) as `orch status`. The history is parsed here only
+    when metrics.json (written at the end) does not give the best and final evaluations.
     """
     paths: RunPaths = view.run.paths
     rec = view.record
-    data = read_series(paths)
-    spec = read_spec(paths)
-    metrics = read_json(paths.metrics, default={})
+    have = set(present) if present is not None else set(listing(paths.dir))
+    metrics = read_json(paths.metrics, default={}) if "eval/metrics.json" in have else {}
     metrics = metrics if isinstance(metrics, dict) else {}
-    best = best_row(metrics, data["eval_rows"], spec)
-    final = metrics.get("final") if isinstance(metrics.get("final"), dict) and metrics["final"] else (
-        data["eval_rows"][-1] if data["eval_rows"] else {})
+    best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
+    final = metrics.get("final") if isinstance(metrics.get("final"), dict) else {}
+    spec = spec_text(paths) if "spec.yaml" in have else ""
+    if not best or not final:
+        rows, _ = logical_rows(read_rows(paths.fast("metrics_history")))
+        # the checkpoint metric decides "best"; parse the spec only when it may name another one
+        best = best or best_row(metrics, rows, read_spec(paths) if "metric:" in spec or "mode:" in spec else {})
+        final = final or (rows[-1] if rows else {})
     row = scrub(index_row(view, summary, best))
     scale = scaling(metrics, rec)
-    checks = read_json(paths.fast("checks"), default={})
+    checks = read_json(paths.fast("checks"), default={}) if "checks.json" in have else {}
     checks = checks if isinstance(checks, dict) else {"results": checks} if isinstance(checks, list) else {}
-    prov = read_json(paths.fast("provenance"), default={})
+    prov = read_json(paths.fast("provenance"), default={}) if "provenance.json" in have else {}
     prov = prov if isinstance(prov, dict) else {}
     attempts = [a for a in (rec.get("attempts") or []) if isinstance(a, dict)]
     n = attempts[-1].get("n") if attempts else 1
-    samples, more_s = _head_jsonl(paths.samples, MAX_ROWS)
-    preds, more_p = _head_jsonl(paths.predictions, MAX_ROWS)
+    samples, more_s = _head_jsonl(paths.samples, MAX_ROWS) if "eval/samples.jsonl" in have else ([], False)
+    preds, more_p = _head_jsonl(paths.predictions, MAX_ROWS) if "eval/predictions.jsonl" in have else ([], False)
     failure = view.failure or rec.get("failure")
+    train_text, train_lines = raw_rows(paths.fast("diagnostics"), MAX_EMBED) if "logs/train_diagnostics.jsonl" in have else ("", 0)
+    eval_text, eval_lines = raw_rows(paths.fast("metrics_history"), MAX_EMBED) if "eval/metrics_history.jsonl" in have else ("", 0)
     doc = scrub({
         "row": row,
         "run_dir": paths.dir,
@@ -310,10 +409,7 @@ def collect_run(view: Any, summary: dict[str, Any]) -> tuple[dict[str, Any], dic
         "attempts": attempts,
         "resumes": rec.get("resumes") if isinstance(rec.get("resumes"), list) else [],
         "failure": failure if isinstance(failure, dict) else None,
-        "curves": {"train": _columns(data["train_rows"], MAX_POINTS), "eval": _columns(data["eval_rows"], MAX_POINTS),
-                   "train_points": len(data["train_rows"]), "eval_points": len(data["eval_rows"]),
-                   "boundaries": data["boundaries"]},
-        "diagnostics": data["train_rows"][-1] if data["train_rows"] else {},
+        "lines": {"train": train_lines, "eval": eval_lines},
         "best": best, "final": final,
         "metrics": metrics,
         "scaling": scale,
@@ -322,20 +418,7 @@ def collect_run(view: Any, summary: dict[str, Any]) -> tuple[dict[str, Any], dic
         "provenance": prov,
         "samples": samples, "samples_more": more_s,
         "predictions": preds, "predictions_more": more_p,
-        "logs": _logs(paths, n if isinstance(n, int) and n > 0 else 1),
+        "logs": _logs(paths, n if isinstance(n, int) and n > 0 else 1, have),
     })
-    return row, doc, group_entry(row, data, best, final, scale)
-
-
-def group_entry(row: dict[str, Any], data: dict[str, Any], best: dict[str, Any], final: dict[str, Any],
-                scale: dict[str, Any]) -> dict[str, Any]:
-    """What a sweep page needs of one run: its row, best/final scalars, scaling and a thin val curve."""
-    ev = data["eval"]
-    curve = {}
-    for key in ("val_loss",):
-        pts = ev.get(key) or []
-        if len(pts) > GROUP_POINTS:
-            stride = len(pts) / GROUP_POINTS
-            pts = [pts[int(i * stride)] for i in range(GROUP_POINTS - 1)] + [pts[-1]]
-        curve[key] = [[p[0], p[1]] for p in pts]
-    return {"row": row, "best": _floats(best), "final": _floats(final), "scaling": scale, "curve": curve}
+    entry = {"best": _floats(best), "final": _floats(final), "scaling": scale}
+    return row, doc, {"train": train_text, "eval": eval_text}, entry

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from orchestrator.errors import UserError
-from orchestrator.record.atomicio import file_lock, iter_jsonl, read_json
+from orchestrator.record.atomicio import file_lock, read_json
 from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.report import collect
 from orchestrator.report.pages import page
@@ -36,11 +37,8 @@ FORMAT = 1  # bump when the pages' data changes shape: every page is then rebuil
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = ("report.js", "report.css", "uPlot.iife.min.js", "uPlot.min.css", "LICENSE-uPlot.txt")
 GROUP_CURVES = 20  # val-loss curves drawn on a sweep page (its best runs)
+PARALLEL_FROM = 400  # runs from which pages are written by worker processes (one per core, at most 8)
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SIG_FILES = ("run.json", "heartbeat.json", "spec.yaml", "provenance.json", "checks.json",
-              os.path.join("eval", "metrics.json"), os.path.join("eval", "metrics_history.jsonl"),
-              os.path.join("logs", "train_diagnostics.jsonl"), os.path.join("eval", "samples.jsonl"),
-              os.path.join("eval", "predictions.jsonl"))
 
 
 @dataclass
@@ -62,22 +60,12 @@ def file_name(name: str) -> str:
     return "x-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def signature(view: Any) -> str:
-    """Changes whenever anything the run's page shows may have changed."""
-    d = view.run.paths.dir
-    parts = [str(view.state), view.reason or "", json.dumps(view.failure, sort_keys=True, default=str)]
-    for rel in _SIG_FILES:
-        try:
-            st = os.stat(os.path.join(d, rel))
-            parts.append(f"{st.st_mtime_ns}:{st.st_size}")
-        except OSError:
-            parts.append("-")
-    try:
-        for e in sorted(os.scandir(os.path.join(d, "logs")), key=lambda e: e.name):
-            st = e.stat()
-            parts.append(f"{e.name}:{st.st_mtime_ns}:{st.st_size}")
-    except OSError:
-        pass
+def signature(view: Any, files: dict[str, tuple[int, int]]) -> str:
+    """Changes whenever anything the run's page shows may have changed: a file of the run folder
+    (`collect.listing`), its effective state or failure class."""
+    # not view.reason: "no heartbeat for 1234 s" changes every second
+    parts = [str(view.state), str((view.failure or {}).get("class"))]
+    parts += [f"{k}:{m}:{n}" for k, (m, n) in sorted(files.items())]
     return hashlib.sha1("|".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -126,13 +114,12 @@ def _reuse(old: Path, new: Path) -> bool:
 
 def _curves(run_dir: str) -> dict[str, Any]:
     """The val-loss curve of one run for a sweep page (logical rows, thinned)."""
-    rows, _ = collect.logical_rows(iter_jsonl(os.path.join(run_dir, "eval", "metrics_history.jsonl")))
-    data = {"eval": collect.series(rows)}
-    pts = data["eval"].get("val_loss") or []
+    rows, _ = collect.logical_rows(collect.read_rows(os.path.join(run_dir, "eval", "metrics_history.jsonl")))
+    pts = [(r["step"], v) for r in rows if (v := collect.number(r.get("val_loss"))) is not None]
     if len(pts) > collect.GROUP_POINTS:
         stride = len(pts) / collect.GROUP_POINTS
         pts = [pts[int(i * stride)] for i in range(collect.GROUP_POINTS - 1)] + [pts[-1]]
-    return {"val_loss": [[p[0], p[1]] for p in pts]}
+    return {"val_loss": [list(p) for p in pts]}
 
 
 def build(results: Path, out: Path, refs: Optional[list[str]] = None, *, poll: bool = True,
@@ -173,35 +160,21 @@ def _write_site(tmp: Path, out: Path, results: Path, views: list[Any], old_runs:
     (tmp / "static").mkdir()
     for name in STATIC_FILES:
         shutil.copyfile(STATIC / name, tmp / "static" / name)
+    jobs = []
+    for view in views:
+        paths = view.run.paths
+        rel = f"runs/{file_name(paths.group)}/{file_name(paths.run_id)}.html"
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((view, summarize(view), rel, old_runs.get(paths.dir)))
+    done = _run_pages(tmp, out, jobs)
     rows: list[dict[str, Any]] = []
     entries: dict[str, list[dict[str, Any]]] = {}
     marker: dict[str, Any] = {}
-    made_dirs: set[str] = set()
-    reused = 0
-    for view in views:
-        paths = view.run.paths
-        group = paths.group
-        rel = f"runs/{file_name(group)}/{file_name(paths.run_id)}.html"
-        key = paths.dir
-        sig = signature(view)
-        if rel.rsplit("/", 1)[0] not in made_dirs:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            made_dirs.add(rel.rsplit("/", 1)[0])
-        prev = old_runs.get(key)
-        if prev and prev.get("sig") == sig and prev.get("page") == rel and _reuse(out / rel, tmp / rel):
-            row, entry = prev["row"], prev["entry"]
-            reused += 1
-        else:
-            row, doc, entry = collect.collect_run(view, summarize(view))
-            row["href"] = rel
-            row["group_href"] = f"groups/{file_name(group)}.html"
-            doc["row"] = row
-            doc["group_href"] = "../../" + row["group_href"]
-            entry.pop("curve", None)
-            _write(tmp / rel, page(f"{row['name']} / {row['id']}", "run", doc, 2))
+    for (view, _, rel, _), (sig, row, entry, _) in zip(jobs, done):
         rows.append(row)
-        entries.setdefault(group, []).append({**entry, "row": row, "dir": paths.dir})
-        marker[key] = {"sig": sig, "page": rel, "row": row, "entry": entry}
+        entries.setdefault(view.run.paths.group, []).append({**entry, "row": row, "dir": view.run.paths.dir})
+        marker[view.run.paths.dir] = {"sig": sig, "page": rel, "row": row, "entry": entry}
+    reused = sum(1 for d in done if d[3])
     (tmp / "groups").mkdir()
     groups = []
     for group, items in sorted(entries.items()):
@@ -213,11 +186,53 @@ def _write_site(tmp: Path, out: Path, results: Path, views: list[Any], old_runs:
     meta = {"generated": time.time(), "results": str(results.resolve()), "groups": groups,
             "selection": list(refs) if refs else None}
     _write(tmp / "index.html", page("orch report", "index", {"meta": meta, "runs": rows}, 0))
-    with open(tmp / MARKER, "w", encoding="utf-8") as fh:
-        json.dump({"format": FORMAT, "generated": meta["generated"], "runs": marker}, fh, separators=(",", ":"),
-                  default=str)
+    _write(tmp / MARKER, json.dumps({"format": FORMAT, "generated": meta["generated"], "runs": marker},
+                                    separators=(",", ":"), default=str))
     log(f"{len(rows)} runs, {reused} pages unchanged")
     return reused
+
+
+# (tmp, out, jobs) for forked workers: set before the pool forks, so nothing is pickled to them
+_WORK: tuple[Path, Path, list[Any]] | None = None
+
+
+def _run_pages(tmp: Path, out: Path, jobs: list[Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], bool]]:
+    """Every run's page (reused when unchanged); in forked worker processes for big trees."""
+    global _WORK
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if workers < 2 or len(jobs) < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        return [_one_page(tmp, out, *job) for job in jobs]
+    _WORK = (tmp, out, jobs)
+    try:
+        chunk = max(1, len(jobs) // (workers * 8))
+        spans = [(i, min(i + chunk, len(jobs))) for i in range(0, len(jobs), chunk)]
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_pages_span, spans)
+    finally:
+        _WORK = None
+    return [r for part in parts for r in part]
+
+
+def _pages_span(span: tuple[int, int]) -> list[tuple[str, dict[str, Any], dict[str, Any], bool]]:
+    assert _WORK is not None
+    tmp, out, jobs = _WORK
+    return [_one_page(tmp, out, *job) for job in jobs[span[0]:span[1]]]
+
+
+def _one_page(tmp: Path, out: Path, view: Any, summary: dict[str, Any], rel: str,
+              prev: Optional[dict[str, Any]]) -> tuple[str, dict[str, Any], dict[str, Any], bool]:
+    """(signature, index row, sweep entry, reused) of one run, its page written into `tmp`."""
+    files = collect.listing(view.run.paths.dir)
+    sig = signature(view, files)
+    if prev and prev.get("sig") == sig and prev.get("page") == rel and _reuse(out / rel, tmp / rel):
+        return sig, prev["row"], prev["entry"], True
+    row, doc, texts, entry = collect.collect_run(view, summary, files)
+    row["href"] = rel
+    row["group_href"] = f"groups/{file_name(view.run.paths.group)}.html"
+    doc["row"] = row
+    doc["group_href"] = "../../" + row["group_href"]
+    _write(tmp / rel, page(f"{row['name']} / {row['id']}", "run", doc, 2, texts))
+    return sig, row, entry, False
 
 
 def _group_page(tmp: Path, group: str, items: list[dict[str, Any]]) -> None:

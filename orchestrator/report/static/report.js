@@ -438,7 +438,7 @@
                  ["heartbeat", isNum(r.beat) ? fmtAge(now() - r.beat) + " ago" : "-"], ["sweep", rec.sweep_id || "-"]];
     if (d.reason || r.reason) facts.push(["note", d.reason || r.reason]);
     var sc = d.scaling || {};
-    if (isNum(sc.params)) facts.push(["parameters", fmt(sc.params)], ["tokens", fmt(sc.tokens)],
+    if (isNum(sc.params)) facts.push(["parameters", fmt(sc.params)], ["tokens", fmt(sc.tokens_seen)],
                                      ["tokens/param", fmt(sc.tokens_per_param, 3) + " (Chinchilla " + fmt(sc.optimal_tpp) + ")"]);
     main.appendChild(el("h2", {id: "summary", text: "Summary"}));
     main.appendChild(el("div", {cls: "facts"}, facts.map(function (f) { return el("div", null, el("span", {text: f[0]}), f[1]); })));
@@ -451,9 +451,12 @@
 
     // curves
     main.appendChild(el("h2", {id: "curves", text: "Curves"}));
-    var cv = d.curves;
-    var note = cv.train_points + " training log rows, " + cv.eval_points + " evaluations";
-    if (cv.train_points > (cv.train.step || []).length || cv.eval_points > (cv.eval.step || []).length) note += " (thinned evenly for drawing)";
+    var trainRows = logical(parseJsonl(textOf("orch-train"))), evalRows = logical(parseJsonl(textOf("orch-eval")));
+    var cv = {train: columns(trainRows.rows), eval: columns(evalRows.rows),
+              boundaries: trainRows.bounds.length ? trainRows.bounds : evalRows.bounds};
+    var note = d.lines.train + " training log rows, " + d.lines.eval + " evaluations";
+    if (trainRows.read < d.lines.train || evalRows.read < d.lines.eval) note += " (long files thinned evenly)";
+    if (trainRows.rows.length < trainRows.read || evalRows.rows.length < evalRows.read) note += "; rows a resumed attempt rolled back are left out";
     if (cv.boundaries.length) note += "; dashed lines: where a requeued attempt resumed";
     main.appendChild(el("div", {cls: "muted", text: note + ". Drag to zoom, double-click to reset."}));
     var box = el("div", {cls: "charts"});
@@ -522,7 +525,7 @@
 
     // diagnostics
     main.appendChild(el("h2", {id: "diagnostics", text: "Diagnostics"}));
-    var diag = d.diagnostics || {};
+    var diag = trainRows.rows.length ? trainRows.rows[trainRows.rows.length - 1] : {};
     if (Object.keys(diag).length) {
       main.appendChild(el("h3", {text: "Last training log row (step " + fmt(diag.step) + ")"}));
       main.appendChild(kvTable(flatten(diag)));
@@ -552,10 +555,8 @@
     rowsTable(main, "Predictions (eval/predictions.jsonl)", d.predictions, d.predictions_more);
 
     // spec and provenance
-    main.appendChild(el("h2", {id: "spec", text: "Spec"}));
-    var hl = {};
-    Object.keys(params).forEach(function (k) { hl[k] = true; });
-    main.appendChild(Object.keys(d.spec || {}).length ? kvTable(flatten(d.spec), hl) : el("div", {cls: "muted", text: "no spec.yaml"}));
+    main.appendChild(el("h2", {id: "spec", text: "Spec (spec.yaml, resolved)"}));
+    main.appendChild(d.spec ? el("pre", {cls: "spec", text: d.spec}) : el("div", {cls: "muted", text: "no spec.yaml"}));
     main.appendChild(el("h2", {id: "provenance", text: "Provenance"}));
     main.appendChild(Object.keys(d.provenance || {}).length ? kvTable(flatten(d.provenance)) : el("div", {cls: "muted", text: "no provenance.json"}));
 
@@ -567,6 +568,64 @@
                           el("summary", {text: lg.file + " (" + fmt(lg.size) + " bytes; last " + lg.lines.length + " lines)"}),
                           el("pre", {cls: "log", text: lg.lines.join("\n")})));
     });
+  }
+  function textOf(id) {
+    var node = document.getElementById(id);
+    return node ? node.textContent : "";
+  }
+  function parseJsonl(text) {
+    // one record per line; a corrupt line is skipped (Python's NaN/Infinity tokens read as null)
+    var out = [];
+    text.split("\n").forEach(function (line) {
+      if (!line.trim()) return;
+      var rec;
+      try { rec = JSON.parse(line); } catch (e) {
+        try { rec = JSON.parse(line.replace(/-?\bInfinity\b|\bNaN\b/g, "null")); } catch (e2) { return; }
+      }
+      if (rec && typeof rec === "object" && !Array.isArray(rec)) out.push(rec);
+    });
+    return out;
+  }
+  function logical(rows) {
+    // the same rule as orchestrator.report.collect.logical_rows: a row whose step is not after the
+    // previous one starts a resumed attempt, and the rows it rolls back are dropped
+    var out = [], bounds = [], segment = 1;
+    rows.forEach(function (r) {
+      var step = r.step;
+      if (typeof step !== "number" || !isFinite(step)) return;
+      if (out.length) {
+        var prev = out[out.length - 1], rolled = prev.step >= step;
+        var changed = r.attempt != null && prev.attempt != null && r.attempt !== prev.attempt;
+        if (rolled || changed) {
+          while (out.length && out[out.length - 1].step >= step) out.pop();
+          while (bounds.length && bounds[bounds.length - 1].step >= step) bounds.pop();
+          if (changed || r.attempt == null) {
+            segment += 1;
+            bounds.push({step: step, attempt: r.attempt != null ? r.attempt : segment});
+          }
+        }
+      }
+      out.push(r);
+    });
+    return {rows: out, bounds: bounds, read: rows.length};
+  }
+  function columns(rows) {
+    // {step: [...], key: [...]} with null where a row lacks the key; a list of numbers (one per device) -> key/i
+    var cols = {step: rows.map(function (r) { return r.step; })};
+    rows.forEach(function (r, i) {
+      Object.keys(r).forEach(function (k) {
+        if (k === "step" || k === "time" || k === "attempt") return;
+        var v = r[k];
+        if (Array.isArray(v)) {
+          v.forEach(function (x, j) { if (isNum(x)) put(k + "/" + j, i, x); });
+        } else if (isNum(v)) put(k, i, v);
+      });
+    });
+    function put(k, i, v) {
+      if (!cols[k]) cols[k] = new Array(rows.length).fill(null);
+      cols[k][i] = v;
+    }
+    return cols;
   }
   function dur(a) {
     var s = Date.parse(a.started_at || ""), e = Date.parse(a.ended_at || "");
@@ -724,7 +783,7 @@
         {label: "run", get: function (it) { return it.row.id; }, cell: function (it) { return el("a", {href: "../" + it.row.href, text: it.row.id}); }},
         {label: "parameters", get: function (it) { return it.scaling.params; }, num: true},
         {label: "non-embedding", get: function (it) { return it.scaling.non_embedding; }, num: true},
-        {label: "tokens", get: function (it) { return it.scaling.tokens; }, num: true},
+        {label: "tokens", get: function (it) { return it.scaling.tokens_seen; }, num: true},
         {label: "tokens / param", get: function (it) { return it.scaling.tokens_per_param; }, num: true},
         {label: "\u00d7 Chinchilla (20)", get: function (it) { return it.scaling.ratio; }, num: true},
         {label: "best val_loss", get: function (it) { return it.best.val_loss; }, num: true},
