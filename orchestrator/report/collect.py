@@ -157,26 +157,19 @@ def series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, Optio
     return out
 
 
-def _complete(path: Any, max_bytes: Optional[int] = None) -> bytes:
-    """A JSONL file's bytes up to its last newline (a torn last line is left out); b"" when missing.
-    With `max_bytes`, a longer file is thinned to about that size by keeping every k-th line."""
+def _complete(path: Any) -> bytes:
+    """A JSONL file's bytes up to its last newline (a torn last line is left out); b"" when missing."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
         return b""
-    data = data[: data.rfind(b"\n") + 1]
-    if max_bytes and len(data) > max_bytes:
-        lines = data.split(b"\n")[:-1]
-        k = -(-len(data) // max_bytes)
-        data = b"\n".join(lines[::k] + ([lines[-1]] if (len(lines) - 1) % k else [])) + b"\n"
-    return data
+    return data[: data.rfind(b"\n") + 1]
 
 
-def read_rows(path: Any) -> list[dict[str, Any]]:
-    """All records of a JSONL file, parsed in one call to the C decoder (a corrupt line falls back
-    to line-by-line parsing, which skips it); like `iter_jsonl`, a torn last line is left out."""
-    data = _complete(path)
+def _parse(data: bytes, path: Any) -> list[dict[str, Any]]:
+    """Complete JSONL bytes as records, in one call to the C decoder (a corrupt line falls back to
+    line-by-line parsing of `path`, which skips it)."""
     if not data:
         return []
     try:
@@ -186,19 +179,30 @@ def read_rows(path: Any) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
-def raw_rows(path: Any, max_bytes: int) -> tuple[str, int]:
-    """A JSONL file as text for the page's script to parse (thinned past `max_bytes`; token-shaped
-    strings masked), and its number of complete lines."""
+def read_rows(path: Any) -> list[dict[str, Any]]:
+    """All records of a JSONL file (like `iter_jsonl`: a torn last line and corrupt lines are left out)."""
+    return _parse(_complete(path), path)
+
+
+def _text(data: bytes, max_bytes: int) -> tuple[str, int]:
+    """Complete JSONL bytes as text for the page's script to parse, thinned past `max_bytes` (every
+    k-th line, the last kept) with token-shaped strings masked; and the number of lines."""
     from orchestrator.preserve.bundle import REDACTED, SECRET_VALUE
 
-    data = _complete(path)
     count = data.count(b"\n")
     if len(data) > max_bytes:
-        data = _complete(path, max_bytes)
+        lines = data.split(b"\n")[:-1]
+        k = -(-len(data) // max_bytes)
+        data = b"\n".join(lines[::k] + ([lines[-1]] if (len(lines) - 1) % k else [])) + b"\n"
     text = data.decode("utf-8", "replace")
     if any(p in text for p in _TOKEN_PREFIXES) and SECRET_VALUE.search(text):
         text = SECRET_VALUE.sub(REDACTED, text)
     return text, count
+
+
+def raw_rows(path: Any, max_bytes: int) -> tuple[str, int]:
+    """A JSONL file as text for the page's script (see `_text`), and its number of complete lines."""
+    return _text(_complete(path), max_bytes)
 
 
 def read_series(paths: RunPaths) -> dict[str, Any]:
@@ -381,12 +385,13 @@ def collect_run(view: Any, summary: dict[str, Any], present: Optional[Iterable[s
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
     final = metrics.get("final") if isinstance(metrics.get("final"), dict) else {}
     spec = spec_text(paths) if "spec.yaml" in have else ""
+    history = _complete(paths.fast("metrics_history")) if "eval/metrics_history.jsonl" in have else b""
     if not best or not final:
-        rows, _ = logical_rows(read_rows(paths.fast("metrics_history")))
+        rows, _ = logical_rows(_parse(history, paths.fast("metrics_history")))
         # the checkpoint metric decides "best"; parse the spec only when it may name another one
         best = best or best_row(metrics, rows, read_spec(paths) if "metric:" in spec or "mode:" in spec else {})
         final = final or (rows[-1] if rows else {})
-    row = scrub(index_row(view, summary, best))
+    row = index_row(view, summary, best)
     scale = scaling(metrics, rec)
     checks = read_json(paths.fast("checks"), default={}) if "checks.json" in have else {}
     checks = checks if isinstance(checks, dict) else {"results": checks} if isinstance(checks, list) else {}
@@ -398,7 +403,7 @@ def collect_run(view: Any, summary: dict[str, Any], present: Optional[Iterable[s
     preds, more_p = _head_jsonl(paths.predictions, MAX_ROWS) if "eval/predictions.jsonl" in have else ([], False)
     failure = view.failure or rec.get("failure")
     train_text, train_lines = raw_rows(paths.fast("diagnostics"), MAX_EMBED) if "logs/train_diagnostics.jsonl" in have else ("", 0)
-    eval_text, eval_lines = raw_rows(paths.fast("metrics_history"), MAX_EMBED) if "eval/metrics_history.jsonl" in have else ("", 0)
+    eval_text, eval_lines = _text(history, MAX_EMBED)
     doc = scrub({
         "row": row,
         "run_dir": paths.dir,
@@ -420,5 +425,5 @@ def collect_run(view: Any, summary: dict[str, Any], present: Optional[Iterable[s
         "predictions": preds, "predictions_more": more_p,
         "logs": _logs(paths, n if isinstance(n, int) and n > 0 else 1, have),
     })
-    entry = {"best": _floats(best), "final": _floats(final), "scaling": scale}
-    return row, doc, {"train": train_text, "eval": eval_text}, entry
+    entry = {"best": _floats(doc["best"]), "final": _floats(doc["final"]), "scaling": doc["scaling"]}
+    return doc["row"], doc, {"train": train_text, "eval": eval_text}, entry

@@ -21,6 +21,9 @@ CSP = ("default-src 'none'; script-src 'self' file:; style-src 'self' file: 'uns
 
 
 
+_LT = "\\u003c"
+
+
 def escape_block(text: str) -> str:
     """Text safe inside a <script> element: `<`, `>` and `&` as JSON escapes (valid in JSON strings,
     and never found outside them in valid JSON), so nothing can close the element."""
@@ -51,7 +54,8 @@ def page(title: str, kind: str, data: Any, depth: int, texts: Optional[dict[str,
     """A whole page: `kind` picks the renderer in report.js; `depth` is how deep below the site root;
     `texts` are extra raw blocks (a run's JSONL metric files) the script reads as `orch-<name>`."""
     up = "../" * depth
-    blocks = "".join(f"<script type=\"text/plain\" id=\"orch-{name}\">{escape_block(text)}</script>"
+    # only "<" can end a script element ("</script", "<!--"): the long metric texts need no more
+    blocks = "".join(f"<script type=\"text/plain\" id=\"orch-{name}\">{text.replace('<', _LT)}</script>"
                      for name, text in (texts or {}).items())
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

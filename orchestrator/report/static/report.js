@@ -146,7 +146,7 @@
     var cfg = {
       width: width, height: opts.height || 220,
       scales: {x: {time: false, distr: opts.logx ? 3 : 1}, y: {distr: opts.logy ? 3 : 1}},
-      axes: [{label: opts.xlabel || "step", size: 36, values: function (u, vals) { return vals.map(function (v) { return v == null ? "" : fmt(v, 3); }); }}, {size: 60, values: function (u, vals) { return vals.map(function (v) { return fmt(v, 3); }); }}],
+      axes: [{label: opts.xlabel || "step", size: 36, values: function (u, vals) { return vals.map(function (v) { return v == null ? "" : fmt(v, 3); }); }}, {size: 60, values: function (u, vals) { return vals.map(function (v) { return v == null ? "" : fmt(v, 3); }); }}],
       legend: {live: true},
       cursor: {drag: {x: true, y: false}},
       series: [{label: opts.xlabel || "step", value: function (u, v) { return v == null ? "-" : fmt(v, 6); }}].concat(series.map(function (s, i) {
@@ -533,7 +533,7 @@
     var lastEval = d.final || {};
     if (lastEval.top_predictions) {
       main.appendChild(el("h3", {text: "Top predictions at the last evaluation"}));
-      main.appendChild(el("pre", {text: JSON.stringify(lastEval.top_predictions, null, 1)}));
+      main.appendChild(el("div", {cls: "wrap", text: (lastEval.top_predictions || []).map(function (p) { return JSON.stringify(p); }).join("  ")}));
     }
     if (d.heartbeat && Object.keys(d.heartbeat).length) {
       main.appendChild(el("h3", {text: "Heartbeat"}));
