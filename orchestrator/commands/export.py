@@ -24,6 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-poll", action="store_true", help="do not ask the backends; run folders only")
 
 
+def check_tensorboard_dest(results: Path, dest: Path) -> None:
+    """DEST/<name>/<run_id>/ must never be a run folder: refuse the results tree itself."""
+    d, r = dest.resolve(), results.resolve()
+    if d == r or (d.is_relative_to(r) and not d.relative_to(r).parts[0].startswith(".")):
+        raise UserError(f"--to tensorboard {dest}: that is inside the results tree {results}",
+                        hint="export to a folder of its own, e.g. --to tensorboard tb")
+
+
 def run(args: argparse.Namespace) -> int:
     kind, dest = args.to
     if kind not in KINDS:
@@ -43,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     sources = [Source(v) for v in refresh(runs, poll=not args.no_poll)]
     if kind == "tensorboard":
         from orchestrator.export.tensorboard import export_run as to_tb
+
+        check_tensorboard_dest(Path(args.results), Path(dest))
 
         for src in sources:
             r = to_tb(src, Path(dest))

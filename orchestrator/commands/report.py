@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -22,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out(args.results)
     res = build(args.results, out, args.runs or None, poll=not args.no_poll)
-    print(f"wrote {res.runs} runs ({res.reused} pages unchanged) in {res.seconds:.1f} s: {res.index.resolve().as_uri()}",
-          file=sys.stdout)
+    runs = f"{res.runs} run" + ("" if res.runs == 1 else "s")
+    print(f"wrote {runs} ({res.reused} pages unchanged) in {res.seconds:.1f} s: {res.index.resolve().as_uri()}")
     return 0

@@ -130,6 +130,8 @@ def build(results: Path, out: Path, refs: Optional[list[str]] = None, *, poll: b
 
     t0 = time.perf_counter()
     results, out = Path(results), Path(out).absolute()
+    if not results.is_dir():
+        raise UserError(f"results root {results} does not exist", hint="pass --results DIR (or set ORCH_RESULTS)")
     check_destination(results, out)
     root = ResultsRoot(results)
     if runs is None:

@@ -424,3 +424,5 @@ def test_a_missing_extra_is_a_usage_error_naming_it(tree: dict[str, Any], tmp_pa
     assert ml.returncode == 2 and "pip install 'orch[mlflow]'" in ml.stderr
     bad = orch("export", "--all", "--to", "wandb", "x", results=tree["results"])
     assert bad.returncode == 2 and "--to wandb" in bad.stderr
+    inside = orch("export", "--all", "--to", "tensorboard", str(tree["results"]), results=tree["results"])
+    assert inside.returncode == 2 and "inside the results tree" in inside.stderr and tree["run_dir"].is_dir()
