@@ -39,13 +39,13 @@ retry: {max_attempts: 3, on: [preempted], backoff: 0}
 
 
 def orch(*args: str, results: Path, check: bool = False, timeout: float = 300,
-         env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+         env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> subprocess.CompletedProcess[str]:
     """The real CLI as a subprocess (`env` adds to the environment; PYTHONPATH in it goes first)."""
     extra = dict(env or {})
     path = os.pathsep.join(p for p in (extra.pop("PYTHONPATH", ""), str(REPO)) if p)
     full = {**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", **extra}
     res = subprocess.run([sys.executable, "-m", "orchestrator", "--results", str(results), *args], capture_output=True,
-                         text=True, cwd=REPO, env=full, timeout=timeout)
+                         text=True, cwd=cwd or REPO, env=full, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"orch {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res
@@ -376,7 +376,8 @@ def test_mlflow_export_has_params_histories_artifacts_and_adds_nothing_twice(tre
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tree['base'] / 'mlflow.db'}"
-    res = orch("export", tree["run_id"], "--to", "mlflow", uri, results=tree["results"], check=True, timeout=300)
+    # MLflow puts a sqlite store's artifacts in ./mlruns: run where that may go
+    res = orch("export", tree["run_id"], "--to", "mlflow", uri, results=tree["results"], check=True, cwd=tree["base"])
     assert "(new)" in res.stdout
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("requeued")
@@ -397,7 +398,7 @@ def test_mlflow_export_has_params_histories_artifacts_and_adds_nothing_twice(tre
     assert json.loads(Path(local).read_text())["steps"] == json.loads((tree["run_dir"] / "eval" / "metrics.json").read_text())["steps"]
 
     counts = {k: len(client.get_metric_history(mid, k)) for k in want}
-    res = orch("export", tree["run_id"], "--to", "mlflow", uri, results=tree["results"], check=True, timeout=300)
+    res = orch("export", tree["run_id"], "--to", "mlflow", uri, results=tree["results"], check=True, cwd=tree["base"])
     assert "0 params, 0 metric points, artifacts: unchanged" in res.stdout
     assert {k: len(client.get_metric_history(mid, k)) for k in want} == counts
     assert len(client.search_runs([exp.experiment_id])) == 1
@@ -419,7 +420,7 @@ def test_a_missing_extra_is_a_usage_error_naming_it(tree: dict[str, Any], tmp_pa
         (blocker / mod / "__init__.py").write_text(f"raise ImportError('No module named {mod}')\n")
     env = {"PYTHONPATH": str(blocker)}
     tb = orch("export", "--all", "--to", "tensorboard", str(tmp_path / "tb"), results=tree["results"], env=env)
-    ml = orch("export", "--all", "--to", "mlflow", "sqlite:///x.db", results=tree["results"], env=env)
+    ml = orch("export", "--all", "--to", "mlflow", "sqlite:///x.db", results=tree["results"], env=env, cwd=tmp_path)
     assert tb.returncode == 2 and "pip install 'orch[tensorboard]'" in tb.stderr and "Traceback" not in tb.stderr
     assert ml.returncode == 2 and "pip install 'orch[mlflow]'" in ml.stderr
     bad = orch("export", "--all", "--to", "wandb", "x", results=tree["results"])
