@@ -132,7 +132,9 @@ def main() -> None:
             print(f"orch report, {what}: {wall:.2f} s wall, {cpu:.2f} s CPU over all processes  ({line})")
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         print(f"site: {size / 2**20:.1f} MiB, index.html {(out / 'index.html').stat().st_size / 2**20:.2f} MiB")
-        if not args.no_browser:
+        if not args.no_browser and not shutil.which("chromedriver"):
+            print("chromium load: skipped (no chromedriver; `make browser-deps` installs it)")
+        elif not args.no_browser:
             loads = browser_load(out / "index.html", args.repeat)
             for i, m in enumerate(loads):
                 print(f"chromium load #{i + 1}: DOMContentLoaded {m['dcl']:.0f} ms, first paint {m['fp'] or float('nan'):.0f} ms, "
