@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-slurm slurm-up slurm-down bench clean
+.PHONY: install demo test test-unit test-integration test-slurm slurm-up slurm-down bench browser-deps clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ test-integration: install
 test-slurm: install
 	$(BIN)/python -m pytest -q tests/slurm $(PYTEST_ARGS)
 
+# Headless Chromium for the report's browser tests (Debian packages; only as root, only when missing).
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromedriver missing and not root: the browser tests will skip"; fi
+
 slurm-up:
 	bash tests/slurm/cluster.sh up
 
@@ -47,6 +54,7 @@ bench: install
 	$(BIN)/python bench/preserve_speed.py
 	$(BIN)/python bench/submit_scale.py
 	$(BIN)/python bench/gpu_check.py --out results/gpu_check.json
+	$(BIN)/python bench/report_scale.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("verify", "verify a bundle against its manifest"),
     "compare": ("compare", "compare runs or bundles side by side"),
     "plot": ("plot", "plot a run's training and validation curves"),
+    "report": ("report", "write a static HTML site of the runs: index, run pages, sweeps"),
+    "export": ("export", "export runs to TensorBoard event files or an MLflow tracking server"),
     "schema": ("schema", "print the spec's JSON Schema"),
 }
 

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--yes", action="store_true", help="--install-cron: install into your crontab")
     p.add_argument("--json", action="store_true", help="print this pass's events as JSON lines")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing (events still go to events.jsonl)")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="rewrite this static HTML report (`orch report`) after every pass (default: the cluster "
+                        "profile's report_dir)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,8 @@ def one_pass(args: argparse.Namespace) -> int:
     from orchestrator.monitor.alerts import print_summary
     from orchestrator.monitor.monitor import Monitor
 
-    result = Monitor(args.results, log=lambda s: None if args.quiet else print(s, file=sys.stderr)).run_pass()
+    result = Monitor(args.results, log=lambda s: None if args.quiet else print(s, file=sys.stderr),
+                     report=report_dir(args)).run_pass()
     if result.skipped:
         return 0  # another monitor is running: exit quietly
     if args.json:
@@ -64,6 +68,16 @@ def one_pass(args: argparse.Namespace) -> int:
         print(err.render(), file=sys.stderr)
         return err.exit_code
     return 0
+
+
+def report_dir(args: argparse.Namespace) -> Path | None:
+    """`--report DIR`, else the cluster profile's `report_dir`, else none."""
+    if getattr(args, "report", None):
+        return Path(args.report)
+    from orchestrator.spec.profile import load_profile
+
+    configured = load_profile().report_dir
+    return Path(configured) if configured else None
 
 
 def loop(args: argparse.Namespace) -> int:

@@ -58,8 +58,9 @@ class Monitor:
     """One results root; `run_pass()` does one idempotent pass."""
 
     def __init__(self, root: Path | str, *, now: Callable[[], float] = time.time,
-                 log: Callable[[str], None] = lambda s: None) -> None:
+                 log: Callable[[str], None] = lambda s: None, report: Optional[Path] = None) -> None:
         self.root = ResultsRoot(root)
+        self.report = report  # a static HTML report to rewrite after each pass (`orch report`)
         self.now = now
         self.log = log
         self._specs: dict[str, Any] = {}
@@ -133,6 +134,7 @@ class Monitor:
 
             for ev in dispatch_all(list(self.events), self.monitor_spec):
                 self.emit(ev.pop("event"), None, **ev)
+            self.refresh_report()
             return PassResult(self.events, active, damaged=damaged, unavailable=self.unavailable)
 
     def guarded(self, run: Run, handle: Callable[[Run], None]) -> None:
@@ -156,6 +158,19 @@ class Monitor:
                 self._mark(run, n, run.state, error=summary, error_attempt=n)
             except (OrchError, OSError):
                 pass  # the record itself cannot take it: reported again next pass
+
+    def refresh_report(self) -> None:
+        """Rewrite the static report from this pass's states (no second backend poll); a report that
+        cannot be written is logged, never a reason to fail the pass."""
+        if self.report is None:
+            return
+        from orchestrator.report.site import build
+
+        try:
+            res = build(self.root.root, self.report, runs=[r for r in self._runs if r.reload()], poll=False)
+            self.log(f"report: {res.runs} runs in {res.seconds:.1f} s -> {res.index}")
+        except (OrchError, OSError) as exc:
+            self.log(f"report not refreshed: {getattr(exc, 'message', exc)}")
 
     # -- active runs ---------------------------------------------------------------------
     def refresh_active(self, runs: list[Run]) -> int:

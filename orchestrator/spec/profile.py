@@ -17,6 +17,7 @@ not about an experiment, so they live in one user-level file, `~/.config/orch/cl
     signal_grace: 120
     max_array_size: 1001      # default: read from `scontrol show config` (cached)
     query_interval: 10        # seconds between scheduler queries, shared by all orch processes
+    report_dir: ~/public_html/orch   # `orch monitor` rewrites this static report after every pass
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class ClusterProfile(BaseModel):
     max_array_size: Optional[int] = Field(None, ge=1, description="override the cluster's MaxArraySize")
     query_interval: float = Field(5.0, ge=0, description="minimum seconds between squeue/sacct calls")
     cache_dir: Optional[str] = Field(None, description="where the shared query cache lives")
+    report_dir: Optional[str] = Field(None, description="`orch monitor` rewrites this static HTML report after every pass")
 
     @field_validator("signal")
     @classmethod
@@ -58,7 +60,7 @@ class ClusterProfile(BaseModel):
             raise ValueError(f"unsupported signal {v!r}: use USR1, USR2, TERM, INT or HUP")
         return name
 
-    @field_validator("template", "cache_dir", "python")
+    @field_validator("template", "cache_dir", "python", "report_dir")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return os.path.expanduser(v) if v else v

@@ -13,13 +13,13 @@ from orchestrator.spec.load import (ResolvedSpec, check_key_path, deep_merge, lo
 from orchestrator.spec.registry import TrainerInfo, UnknownTrainer, spec_class_for
 from orchestrator.spec.sections import (FAILURE_CLASSES, CheckSpec, CheckpointSpec, Duration, EarlyStoppingSpec,
                                         EvalSpec, Memory, MetricsSpec, MonitorSpec, PreserveSpec, ResourcesSpec, RetrySpec,
-                                        Section, SlurmTime, Spec, SweepSpec, TrainSpec, format_slurm_time,
+                                        Section, SlurmTime, Spec, SweepSpec, TRACKERS, TrainSpec, format_slurm_time,
                                         parse_duration, parse_mem)
 
 __all__ = [
     "FAILURE_CLASSES", "CheckSpec", "CheckpointSpec", "Duration", "EarlyStoppingSpec", "EvalSpec", "Memory", "MetricsSpec",
     "MonitorSpec", "PreserveSpec", "ResolvedSpec", "ResourcesSpec", "RetrySpec", "Section", "SlurmTime", "Spec",
-    "SweepSpec", "TrainSpec", "TrainerInfo", "UnknownTrainer", "check_key_path", "deep_merge", "format_slurm_time",
+    "SweepSpec", "TRACKERS", "TrainSpec", "TrainerInfo", "UnknownTrainer", "check_key_path", "deep_merge", "format_slurm_time",
     "load_spec", "parse_duration", "parse_mem", "parse_overrides", "spec_class_for", "spec_from_data",
     "spec_from_run", "spec_to_yaml",
 ]

@@ -87,6 +87,10 @@ class Section(BaseModel):
 
 
 # ------------------------------------------------------------------------------ sections
+# accelerate.utils.LoggerType's values (kept here: the control plane does not import accelerate/torch)
+TRACKERS = ("all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
+
+
 class TrainSpec(Section):
     """The loop's budget and the optimizer basics every trainer on trainers/framework shares."""
 
@@ -111,6 +115,17 @@ class TrainSpec(Section):
     log_every: int = Field(10, ge=1)
     max_nonfinite_logs: int = Field(3, ge=0, description="stop as diverged after this many NaN/inf log steps in a row (0: never)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    trackers: list[str] = Field(default_factory=list, description="live logging through Accelerate's trackers "
+                                "(tensorboard, wandb, mlflow, ...), into RUN/tracking")
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}: Accelerate knows {', '.join(TRACKERS)}")
+        return v
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainSpec":

@@ -133,7 +133,8 @@ class TrainerContext:
         self.paths = RunPaths(Path(run_dir).resolve())
         self.spec: Spec = spec if spec is not None else spec_from_run(self.paths.spec)
         self.attempt = attempt if attempt is not None else int(os.environ.get("ORCH_ATTEMPT", "1") or 1)
-        self.accelerator = accelerator if accelerator is not None else self.make_accelerator(self.spec)
+        self.accelerator = (accelerator if accelerator is not None
+                            else self.make_accelerator(self.spec, self.paths.root / "tracking"))
         self.is_main: bool = self.accelerator.is_main_process
         self.rank: int = self.accelerator.process_index
         self.world_size: int = self.accelerator.num_processes
@@ -159,14 +160,40 @@ class TrainerContext:
         self.budget = Budget()
 
     @staticmethod
-    def make_accelerator(spec: Spec) -> Any:
-        """Accelerator from `train.precision`, `train.device`, `train.grad_accum` (and the launcher's env)."""
+    def make_accelerator(spec: Spec, project_dir: Optional[Path] = None) -> Any:
+        """Accelerator from `train.precision`, `train.device`, `train.grad_accum`, `train.trackers`
+        (and the launcher's env); trackers write under `project_dir`."""
         from accelerate import Accelerator
 
         cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec.train.precision]
+        trackers = list(spec.train.trackers) or None
         return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=spec.train.grad_accum,
-                           step_scheduler_with_optimizer=False)
+                           step_scheduler_with_optimizer=False, log_with=trackers,
+                           project_dir=str(project_dir) if trackers and project_dir else None)
+
+    # -- live tracking (train.trackers) -----------------------------------------------------------
+    def start_tracking(self) -> None:
+        """Start Accelerate's trackers named by `train.trackers`, with the spec's scalars as config."""
+        if not self.spec.train.trackers:
+            return
+        from orchestrator.analysis.rundata import flatten
+        from orchestrator.report.collect import scrub
+
+        config = {k: v for k, v in scrub(flatten(self.spec.model_dump(mode="json"))).items()
+                  if isinstance(v, (bool, int, float, str))}
+        self.accelerator.init_trackers(self.spec.name, config=config)
+
+    def track(self, record: dict[str, Any], step: int, prefix: str) -> None:
+        """A log row's finite numbers to the trackers as `<prefix>/<key>` (main process only)."""
+        if self.spec.train.trackers:
+            self.accelerator.log({f"{prefix}/{k}": float(v) for k, v in record.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and k not in ("step", "time", "attempt")}, step=step)
+
+    def end_tracking(self) -> None:
+        if self.spec.train.trackers:
+            self.accelerator.end_training()
 
     # -- where things are -------------------------------------------------------------------------
     @property
@@ -325,6 +352,7 @@ class Trainer:
         ctx, spec = self.ctx, self.spec
         ctx.signals.install()
         ctx.record(stop_reason=None, requeue=None)  # this attempt has not stopped yet (a stale reason misleads)
+        ctx.start_tracking()
         try:
             with ctx.beating("setup"):  # tokenizing a big corpus can take longer than the stall limit
                 self.setup()
@@ -334,6 +362,7 @@ class Trainer:
         finally:
             ctx.signals.restore()
             ctx.logger.close()
+            ctx.end_tracking()
 
     def _loop(self) -> Outcome:
         ctx, spec = self.ctx, self.spec
@@ -437,6 +466,7 @@ class Trainer:
             record["loss_scale"] = self.grad_scaler.get_scale()  # halves on every overflow (a skipped step)
         self.log_extras(record)
         ctx.logger.train(record)
+        ctx.track(record, self.step, "train")
         self._last_tps = tps
         self._nonfinite_streak = self._nonfinite_streak + 1 if record["nonfinite"] else 0
         limit = self.spec.train.max_nonfinite_logs
@@ -459,6 +489,7 @@ class Trainer:
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "attempt": ctx.attempt, **metrics,
                   "eval_seconds": round(time.perf_counter() - t0, 3)}
         ctx.logger.eval(record)
+        ctx.track(record, self.step, "eval")
         self.last_eval = record
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "@" not in k)
         ctx.print(f"eval step {self.step}: {shown}")
