@@ -33,33 +33,16 @@ _SKIP_KEYS = frozenset({"step", "time", "attempt"})
 
 
 # ------------------------------------------------------------------------------ secrets
-_TOKEN_PREFIXES = ("hf_", "sk-", "ghp_", "xox", "AKIA")  # what the preserve rules' token pattern starts with
-_YAML_KEY = re.compile(r"""["']?([^\s:"'#{},\[\]]{1,200})["']?\s*:(?=\s|$)""", re.MULTILINE)
-_JSON_STR_KEY = re.compile(r'"([^"\\]{1,200})": ?"')  # a key whose value is a string (only those are masked)
-
-
-def _may_hold_secret(text: str, keys: re.Pattern[str]) -> bool:
-    """False only when `text` has no token-shaped value and no secret-looking key (found by `keys`):
-    a cheap test that spares the structured redaction almost every run."""
-    from orchestrator.preserve.bundle import SECRET_KEY, SECRET_VALUE
-
-    if any(p in text for p in _TOKEN_PREFIXES) and SECRET_VALUE.search(text):
-        return True
-    return any(SECRET_KEY.search(k) for k in set(keys.findall(text)))
-
-
 def scrub(obj: Any) -> Any:
-    """A structure with secret-looking keys and token-shaped values masked (the preserve rules)."""
-    from orchestrator.preserve.bundle import redact
+    """A structure with secret-named keys and secret-shaped values masked (orchestrator.secrets)."""
+    from orchestrator.secrets import redact_mapping
 
-    if not _may_hold_secret(json.dumps(obj, default=str), _JSON_STR_KEY):
-        return obj
-    return redact(obj)[0]
+    return redact_mapping(obj)
 
 
 def scrub_text(text: str) -> str:
-    """A log line with credentials masked (the diagnosis rules)."""
-    from orchestrator.checks.diagnose import redact
+    """Text (a log line, a metric file) with credentials masked (orchestrator.secrets)."""
+    from orchestrator.secrets import redact
 
     return redact(text)
 
@@ -187,17 +170,13 @@ def read_rows(path: Any) -> list[dict[str, Any]]:
 def _text(data: bytes, max_bytes: int) -> tuple[str, int]:
     """Complete JSONL bytes as text for the page's script to parse, thinned past `max_bytes` (every
     k-th line, the last kept) with token-shaped strings masked; and the number of lines."""
-    from orchestrator.preserve.bundle import REDACTED, SECRET_VALUE
-
     count = data.count(b"\n")
     if len(data) > max_bytes:
         lines = data.split(b"\n")[:-1]
         k = -(-len(data) // max_bytes)
         data = b"\n".join(lines[::k] + ([lines[-1]] if (len(lines) - 1) % k else [])) + b"\n"
     text = data.decode("utf-8", "replace")
-    if any(p in text for p in _TOKEN_PREFIXES) and SECRET_VALUE.search(text):
-        text = SECRET_VALUE.sub(REDACTED, text)
-    return text, count
+    return scrub_text(text), count
 
 
 def raw_rows(path: Any, max_bytes: int) -> tuple[str, int]:
@@ -261,7 +240,7 @@ def spec_text(paths: RunPaths) -> str:
             text = fh.read()
     except OSError:
         return ""
-    if not _may_hold_secret(text, _YAML_KEY):
+    if scrub_text(text) == text:
         return text
     import yaml
 
