@@ -104,7 +104,7 @@ def test_best_follows_the_direction_table_not_substrings() -> None:
 def test_spec_metrics_direction_reaches_checks(tmp_path: Path) -> None:
     evals = [{"step": 30, "val_loss": 2.4, "my_score": 3.0}, {"step": 60, "val_loss": 2.1, "my_score": 1.0}]
     run = make_run(tmp_path, ["best.my_score >= 3"], evals=evals)
-    run.paths.spec.write_text(spec_to_yaml(Spec(name="demo", checks=["best.my_score >= 3"],
+    run.paths.spec.write_text(spec_to_yaml(LMSpec(name="demo", checks=["best.my_score >= 3"],
                                                 metrics={"direction": {"my_score": "max"}})))
     by = {r.name: r for r in check_run(run).results}
     assert by["best.my_score >= 3"].status == "pass"

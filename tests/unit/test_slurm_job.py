@@ -21,7 +21,8 @@ from orchestrator.record import record
 from orchestrator.record.record import IllegalTransition, now_iso
 from orchestrator.record.states import State
 from orchestrator.record.tree import ResultsRoot, Run
-from orchestrator.spec.schema import Spec, spec_to_yaml
+from orchestrator.spec.schema import spec_to_yaml
+from trainers.lm.config import LMSpec as Spec
 
 NODE_FAIL = "slurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-12-03T11:33:35 DUE TO NODE FAILURE, SEE SLURMCTLD LOG ***"
 SCANCEL = "slurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-12-03T11:33:35 ***"

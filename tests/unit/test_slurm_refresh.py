@@ -16,7 +16,8 @@ from orchestrator.record.atomicio import read_jsonl
 from orchestrator.record.record import now_iso
 from orchestrator.record.states import State
 from orchestrator.record.tree import ResultsRoot, Run
-from orchestrator.spec.schema import Spec, spec_to_yaml
+from orchestrator.spec.schema import spec_to_yaml
+from trainers.lm.config import LMSpec as Spec
 
 
 class Scheduler(Backend):
