@@ -150,7 +150,7 @@ def _complete(path: Any) -> bytes:
 
 
 def _parse(data: bytes, path: Any) -> list[dict[str, Any]]:
-    """Complete JSONL bytes as records, in one call to the C decoder (a corrupt line falls back to
+    """Complete JSONL bytes as records, parsed in one json.loads call (a corrupt line falls back to
     line-by-line parsing of `path`, which skips it)."""
     if not data:
         return []
