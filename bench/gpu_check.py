@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.record.atomicio import atomic_write_json, read_json, read_jsonl  # noqa: E402
-from orchestrator.spec.schema import Spec, spec_to_yaml  # noqa: E402
+from orchestrator.spec.schema import spec_from_data, spec_to_yaml  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
@@ -221,7 +221,7 @@ class Bench:
 
     def submit_lm(self, spec: dict[str, Any]) -> Path:
         path = self.work / "specs" / f"{spec['name']}.yaml"
-        path.write_text(spec_to_yaml(Spec.model_validate(spec)))
+        path.write_text(spec_to_yaml(spec_from_data(spec, "gpu_check")))
         self.say(f"{spec['name']}: orch submit ({spec['train']['precision']}, "
                  f"compile {'on' if spec['train']['compile'] else 'off'}, {spec['train']['max_steps']} steps)")
         return self.submit(path)
@@ -230,7 +230,7 @@ class Bench:
         """Raise the run's step budget and start its next attempt as a job does: `python -m trainers RUN_DIR`."""
         spec = yaml.safe_load((run / "spec.yaml").read_text())
         spec["train"]["max_steps"] = max_steps
-        (run / "spec.yaml").write_text(spec_to_yaml(Spec.model_validate(spec)))
+        (run / "spec.yaml").write_text(spec_to_yaml(spec_from_data(spec, "gpu_check")))
         env = {**self.env, "ORCH_RUN_DIR": str(run), "ORCH_ATTEMPT": "2", "ORCH_RESULTS_ROOT": str(self.results)}
         self.say(f"{run.parent.name}: attempt 2 (python -m trainers) to step {max_steps}")
         res = subprocess.run([sys.executable, "-m", "trainers", str(run)], cwd=REPO, env=env,
@@ -513,7 +513,7 @@ def run_all(plan: Plan, bench: Bench) -> dict[str, Any]:
         from trainers.lm.models import build_config, flops_per_token
 
         orch_params = (read_json(run / "run.json", default={}) or {}).get("params") or {}
-        model_spec = Spec.model_validate(lm_spec(plan, "x", precision, False, 1)).model
+        model_spec = spec_from_data(lm_spec(plan, "x", precision, False, 1), "gpu_check").model
         config = build_config(model_spec, int(meta["vocab_size"]))
         orch_flops = flops_per_token(config, int(orch_params.get("non_embedding", 0)), plan.block)
         report["config"] = {
