@@ -192,7 +192,7 @@ def test_controller_down_exits_3_after_one_bounded_wait(tmp_path: Path) -> None:
     orch = make_orch(tmp_path, STUB, "query_interval: 10\n")
     orch.env["ORCH_SLURM_QUERY_TIMEOUT"] = "8"
     spec = tmp_path / "up.yaml"
-    spec.write_text("name: up\ntrainer: lm\nbackend: slurm\nresources: {cpus_per_task: 1, mem: 500M, time: '00:05:00'}\n"
+    spec.write_text("name: up\ntrainer: stub_trainer:TRAINER\nbackend: slurm\nresources: {cpus_per_task: 1, mem: 500M, time: '00:05:00'}\n"
                     "retry: {max_attempts: 1}\nconfig: {seconds: 120}\n")
     row = submit(orch, str(spec))
     wait_until(lambda: rec(row["run_dir"])["state"] == "RUNNING", 60, "the job to start", row["run_dir"])
@@ -233,7 +233,7 @@ def test_controller_down_exits_3_after_one_bounded_wait(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- 5
-STUB_SPEC = ("name: {name}\ntrainer: lm\nbackend: slurm\n"
+STUB_SPEC = ("name: {name}\ntrainer: stub_trainer:TRAINER\nbackend: slurm\n"
              "resources: {{cpus_per_task: 1, mem: 500M, time: '00:05:00'{extra}}}\nconfig: {{seconds: 300}}\n")
 LATER = ", sbatch: ['--begin=now+3600']"  # held in the queue: cancelled while pending
 
