@@ -47,6 +47,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    from orchestrator.secrets import redact_mapping
+
+    spec = redact_mapping(dict(spec))  # a secret-named key's value never reaches the README table
     rows: list[tuple[str, Any]] = []
     for key in ("name", "trainer", "description", "seed", "backend", "tags"):
         if spec.get(key) not in (None, "", []):

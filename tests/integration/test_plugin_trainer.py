@@ -97,7 +97,8 @@ def test_plugin_run_end_to_end(orch: Orch, tmp_path: Path) -> None:
 
 def test_oom_halving_rejected_by_the_trainers_schema_does_not_stop_the_pass(orch: Orch, tmp_path: Path) -> None:
     """The monitor re-validates the halved spec with the run's own schema; a rejection is an event."""
-    from orchestrator.record.tree import ResultsRoot, now_iso
+    from orchestrator.record.record import now_iso
+    from orchestrator.record.tree import ResultsRoot
     from orchestrator.spec.schema import spec_from_data, spec_to_yaml
 
     spec = spec_from_data({"name": "sharded", "trainer": "tests.fixtures.sharded_batch:TRAINER",

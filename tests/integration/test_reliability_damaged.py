@@ -97,7 +97,7 @@ def test_damaged_folders_are_named_by_every_command(tree: tuple[Orch, dict[str, 
     for run_id in ["quick-a", "quick-b", *odd]:
         assert f"{run_id}  [COMPLETED]" in res.stdout, res.stdout
     assert "the run folder has no spec.yaml" in res.stdout and "unknown trainer 'nosuchtrainer'" in res.stdout
-    assert "PASSED" in res.stdout.split("quick-a  [COMPLETED]")[1].splitlines()[0]
+    assert "pass" in res.stdout.split("quick-a  [COMPLETED]")[1].splitlines()[0]
     res = orch("check", "truncated", check=1)
     no_traceback(res)
     assert f"{results / GROUP / 'truncated'}: run.json: not valid JSON" in res.stderr
