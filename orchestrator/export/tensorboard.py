@@ -14,7 +14,6 @@ not list (left by an export that was killed before writing the marker) is delete
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import shutil
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.export.source import Source, need
-from orchestrator.record.atomicio import atomic_write_json, read_json
+from orchestrator.record.atomicio import atomic_write_json, read_json, replace_dir
 from orchestrator.record.paths import check_name
 
 MARKER = "orch-export.json"
@@ -144,13 +143,7 @@ def _rewrite(src: Source, folder: Path, scalars: dict[str, list[tuple[int, float
     try:
         name = _write_events(tmp, scalars, _hparams_events(src, True, terminal))
         atomic_write_json(tmp / MARKER, _marker(scalars, [name] if name else [], terminal))
-        if folder.exists():
-            trash = folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}"
-            os.rename(folder, trash)
-            os.rename(tmp, folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
+        replace_dir(tmp, folder, folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

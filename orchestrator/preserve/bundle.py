@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
-from orchestrator.record.atomicio import file_lock, read_json
+from orchestrator.record.atomicio import file_lock, read_json, replace_dir
 from orchestrator.record.checkpoints import POLICIES, restate_file, select
 from orchestrator.errors import OrchError, UserError
 from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, diff_manifests, hash_bytes, hash_file, iter_lines,
@@ -488,17 +488,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
 
 def _swap_into_place(new: Path, target: Path) -> None:
     """Rename the finished bundle into place; an old one is moved aside first, then removed."""
-    old = None
-    if os.path.lexists(target):
-        old = _scratch(target.parent, "old", target.name)
-        os.rename(target, old)
-    os.rename(new, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+    replace_dir(new, target, _scratch(target.parent, "old", target.name), sync=_fsync_dir)
 
 
 def preserve_run(run: RunLike, dest: Path | str, checkpoints: str = "best", *, archive: str | None = None,

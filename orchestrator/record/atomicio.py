@@ -11,9 +11,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 _UMASK: int | None = None
@@ -72,6 +73,25 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(new: Path | str, target: Path | str, aside: Path | str, *,
+                sync: Callable[[Path], None] | None = None) -> None:
+    """Put the finished folder `new` in place of `target` with renames only: an existing `target`
+    (folder, file or link) moves to `aside` first and is removed once `new` is in place, so a reader
+    sees the old or the new folder, never half of one. `sync(parent)` runs between (an fsync)."""
+    new, target, aside = Path(new), Path(target), Path(aside)
+    had = os.path.lexists(target)
+    if had:
+        os.rename(target, aside)
+    os.rename(new, target)
+    if sync is not None:
+        sync(target.parent)
+    if had:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink()
 
 
 def atomic_write_text(path: Path | str, text: str, *, fsync: bool = True) -> None:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from orchestrator.record.atomicio import replace_dir
+
 FORMAT = 2
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
@@ -378,14 +380,7 @@ def restate_file(manifest: Any, rel: str, data: bytes) -> bool:
 
 def publish(tmp: Path, final: Path) -> None:
     """Rename the sealed `tmp` to `final`; an existing `final` is moved aside first and deleted after."""
-    old = None
-    if final.exists():
-        old = final.with_name(f"{OLD_PREFIX}{final.name}-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final, final.with_name(f"{OLD_PREFIX}{final.name}-{os.getpid()}"), sync=_fsync_dir)
 
 
 def clean_partial(run_or_ckpt: Path | str) -> list[Path]:

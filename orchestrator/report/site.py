@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from orchestrator.errors import UserError
-from orchestrator.record.atomicio import file_lock, read_json
+from orchestrator.record.atomicio import file_lock, read_json, replace_dir
 from orchestrator.record.tree import ResultsRoot, Run
 from orchestrator.report import collect
 from orchestrator.report.pages import page
@@ -253,10 +253,4 @@ def _group_page(tmp: Path, group: str, items: list[dict[str, Any]]) -> None:
 
 def _swap(tmp: Path, out: Path) -> None:
     """Put the finished site in place: the old one moves aside, the new one is renamed in."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+    replace_dir(tmp, out, out.parent / f".{out.name}.old-{secrets.token_hex(4)}")
