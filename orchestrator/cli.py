@@ -62,6 +62,21 @@ def build_parser(argv: list[str] | None = None) -> ArgParser:
     return parser
 
 
+def check_results_root(root: Path, must_exist: bool) -> None:
+    """A results root that is a file (`--results /etc/passwd`, `/dev/null`) is a usage error for
+    every command; one that does not exist is one for the commands that read runs
+    (`READS_RESULTS = True` in their module), so a typo never reads as "no runs"."""
+    hint = "pass --results DIR (or set ORCH_RESULTS) to the folder that holds your runs"
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:
+        raise UsageError(f"cannot use {root} as the results root: {exc.strerror or exc}", hint=hint) from None
+    if exists and not is_dir:
+        raise UsageError(f"the results root {root} is not a directory", hint=hint)
+    if not exists and must_exist:
+        raise UsageError(f"the results root {root} does not exist", hint=hint)
+
+
 def _load(module: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"orchestrator.commands.{module}")
 
@@ -81,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         args.results = Path(args.results) if args.results else default_results_root()
         mod = _load(args._module)
+        check_results_root(args.results, must_exist=getattr(mod, "READS_RESULTS", False))
         if not hasattr(mod, "add_arguments"):
             raise UsageError(f"unknown command {args.command}")
         return int(mod.run(args) or 0)

@@ -19,6 +19,9 @@ from orchestrator.record.record import IllegalTransition, attempt_n, current_job
 from orchestrator.record.tree import Damaged, ResultsRoot, Run
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, prefixes or names")
 

@@ -24,6 +24,9 @@ from orchestrator.record.tree import Damaged, ResultsRoot, Run
 _MARK = {"pass": "PASS", "fail": "FAIL", "unknown": "UNKNOWN", "error": "ERROR", "note": "note", "skip": "-"}
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes, names or run folders")
     parser.add_argument("--all", action="store_true", help="check every run under the results root")

@@ -14,6 +14,9 @@ from orchestrator.errors import UserError
 KINDS = ("tensorboard", "mlflow")
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names")
     p.add_argument("--all", action="store_true", help="every run under the results root")

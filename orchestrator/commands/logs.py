@@ -5,19 +5,23 @@ import argparse
 import sys
 import time
 
+from orchestrator.commands.argtypes import count
 from orchestrator.errors import UserError
 from orchestrator.record.tree import ResultsRoot
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, until the run ends")
-    p.add_argument("--attempt", type=int, help="which attempt (default: the latest)")
+    p.add_argument("--attempt", type=count(1), help="which attempt (default: the latest)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stderr", action="store_true", help="the trainer's stderr (tracebacks)")
     which.add_argument("--training", action="store_true", help="logs/training.log (periodic progress lines)")
     which.add_argument("--scheduler", action="store_true", help="the batch system's own output")
-    p.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines")
+    p.add_argument("-n", "--lines", type=count(0), default=0, help="only the last N lines")
 
 
 def run(args: argparse.Namespace) -> int:

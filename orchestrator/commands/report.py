@@ -5,6 +5,9 @@ import argparse
 from pathlib import Path
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names (default: all)")
     p.add_argument("--out", metavar="DIR", default=None,

@@ -19,6 +19,9 @@ from orchestrator.record.states import State
 from orchestrator.record.tree import Damaged, ResultsRoot
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--backend", choices=backend_names(), help="resume on another backend")

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from orchestrator.commands.argtypes import seconds
 from orchestrator.record.atomicio import tail_jsonl
 from orchestrator.errors import BackendUnavailable, UserError
 from orchestrator.record.heartbeat import heartbeat_age
@@ -26,10 +27,13 @@ from orchestrator.commands.common import fmt_age, fmt_num
 COLUMNS = ("RUN", "STATE", "STEP", "%", "TRAIN", "VAL", "TOK/S", "ETA", "BEAT", "CHECKS", "NOTE")
 
 
+# A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
+READS_RESULTS = True
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    p.add_argument("--watch", type=seconds(0.5), metavar="SECONDS", help="refresh every SECONDS until interrupted")
     p.add_argument("--state", action="append", default=[], metavar="S", help="only runs in state S, or DAMAGED folders (repeatable)")
     p.add_argument("--name", action="append", default=[], metavar="N", help="only runs of experiment N (repeatable)")
     p.add_argument("--no-poll", action="store_true", help="do not ask the backends; run folders only")

@@ -147,6 +147,18 @@ def _younger_than(path: str, seconds: float) -> bool:
         return False
 
 
+def check_ref(ref: str, whole: Optional[str] = None) -> str:
+    """A run reference must say something: `orch cancel ''` (an unset "$RUN" in a script) must not
+    match every run as the empty prefix of all ids."""
+    if not ref or not ref.strip() or ref != ref.strip():
+        raise UserError(
+            f"{(whole if whole is not None else ref)!r} is not a run id, name or folder",
+            hint="an empty or blank reference (an unset shell variable?) matches nothing; "
+                 "`orch status` lists runs",
+        )
+    return ref
+
+
 class ResultsRoot:
     """The results tree root; finds runs and resolves ids and unique prefixes."""
 
@@ -243,12 +255,13 @@ class ResultsRoot:
         return found
 
     def _resolve(self, ref: str) -> Entry:
+        check_ref(ref)
         as_path = Path(ref)
         if (as_path / "run.json").exists() or (as_path.is_dir() and self._is_run_folder(as_path)):
             return examine(str(as_path), as_path.resolve().parent.name)  # type: ignore[return-value]
         if "/" in ref:
             name, _, rid = ref.partition("/")
-            ref = rid
+            ref = check_ref(rid, whole=ref)
         everything = list(self.entries())
         matches = [e for e in everything if e.run_id is not None and e.run_id.startswith(ref)]
         exact = [e for e in matches if e.run_id == ref]
@@ -289,6 +302,7 @@ class ResultsRoot:
         """
         out: list[Run] = []
         for ref in refs:
+            check_ref(ref)
             group = self.root / ref
             if "/" not in ref and group.is_dir() and not (group / "run.json").exists():
                 entries = [e for e in self.entries() if e.group == ref]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import SpecError, SpecErrors
 from orchestrator.spec.registry import UnknownTrainer, default_name, lookup
 from orchestrator.spec.sections import Spec, SweepSpec
-from orchestrator.spec.yamlpos import LineMap, load_yaml, parse_scalar, safe_load
+from orchestrator.spec.yamlpos import LineMap, compose_bounded, load_yaml, parse_scalar, read_spec_text
 
 
 @dataclass
@@ -171,6 +171,41 @@ def parse_overrides(items: list[str], schema: type[Spec] = Spec) -> list[tuple[s
     return out
 
 
+# Numbers beyond these are typos or hostile input (a 40-digit max_steps, lr=.inf): no field of a
+# spec means them, and they overflow the C types torch and Slurm use.
+MAX_INT = 2**53
+MAX_FLOAT = 1e18
+MAX_SWEEP_POINTS = 10_000
+
+
+def check_numbers(value: Any, loc: tuple[Any, ...], lines: LineMap, file: str) -> None:
+    """Reject NaN, infinities and absurd magnitudes anywhere in the spec, naming file:line."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_numbers(v, loc + (k,), lines, file)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_numbers(v, loc + (i,), lines, file)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        problem = None
+        if isinstance(value, float) and value != value:
+            problem = "NaN is not a value a spec can use"
+        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+            problem = "an infinite number is not a value a spec can use"
+        elif isinstance(value, int) and abs(value) >= MAX_INT:
+            problem = f"a {len(str(abs(value)))}-digit number is beyond any meaningful setting (limit 2**53)"
+        elif isinstance(value, float) and abs(value) > MAX_FLOAT:
+            problem = f"{value:g} is beyond any meaningful setting (limit {MAX_FLOAT:g})"
+        if problem:
+            f, line = file, None
+            for n in range(len(loc), -1, -1):
+                if loc[:n] in lines:
+                    f, line = lines[loc[:n]]
+                    break
+            raise SpecError(problem, file=f, line=line or None, key=".".join(map(str, loc)) or None,
+                            hint="check for a typo (an extra digit, .inf, .nan)")
+
+
 def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str, schema: type[Spec] = Spec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     sweep = data.get("sweep")
     if not sweep:
@@ -194,6 +229,17 @@ def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str, schema: type[
             raise SpecError(f"cannot sweep over {key!r}", file=f, line=line, key="sweep.grid")
         if not isinstance(values, list) or not values:
             raise SpecError(f"expected a non-empty list of values for {key!r}", file=f, line=line, key=f"sweep.grid.{key}")
+    listed_n = len(sweep.get("list") or []) if isinstance(sweep.get("list") or [], list) else 0
+    total = 1
+    for values in grid.values():
+        total *= len(values)
+    total = total * max(listed_n, 1) if grid else listed_n
+    if total > MAX_SWEEP_POINTS:
+        f, line = lines.get(("sweep",), (file, 0))
+        sizes = " x ".join(str(len(v)) for v in grid.values()) + (f" x {listed_n} list entries" if grid and listed_n else "")
+        raise SpecError(f"the sweep has {total:,} points ({sizes}); at most {MAX_SWEEP_POINTS:,} are allowed",
+                        file=f, line=line, key="sweep",
+                        hint="split it into several specs, or narrow the grid")
     if grid:
         keys = list(grid)
         points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
@@ -275,12 +321,15 @@ def load_spec(
         lines[tuple(key.split("."))] = ("--set", 0)
     if backend is not None:
         data["backend"] = backend
+    check_numbers(data, (), lines, file)
 
     def validate(d: dict[str, Any], prefix: str = "") -> Spec:
         try:
-            return schema.model_validate(d)
+            spec = schema.model_validate(d)
         except ValidationError as exc:
             raise _to_spec_errors(exc, lines, file, prefix, schema)
+        check_numbers(spec.model_dump(exclude_none=True), (), lines, file)  # strings pydantic read as numbers ("1e300")
+        return spec
 
     # Validate the base once: errors in the file are reported once, not once per sweep point.
     base = {k: v for k, v in data.items() if k != "sweep"}
@@ -348,7 +397,7 @@ def spec_from_data(data: dict[str, Any], origin: str) -> Spec:
 
 def spec_from_run(spec_path: Path) -> Spec:
     """Re-read a run folder's resolved spec.yaml, validated with its trainer's schema."""
-    data = safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    data = compose_bounded(read_spec_text(spec_path), str(spec_path))[0] or {}
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of spec sections", file=str(spec_path))
     return spec_from_data(data, str(spec_path))

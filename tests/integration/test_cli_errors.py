@@ -55,6 +55,18 @@ CASES = [
     ("duplicate-key", OK + "seed: 1\nseed: 2\n", [], ["s.yaml:6", "duplicate key"]),
     ("sliding-window-needs-mistral", OK + "model: {sliding_window: 8}\n", [], ["duplicate key"]),
     ("min-lr-above-lr", OK.replace("batch_size: 4", "batch_size: 4, lr: 0.001, min_lr: 0.01"), [], ["min_lr (0.01) is larger than lr"]),
+    # input limits: numbers no setting means, alias bombs, grids no cluster runs
+    ("set-inf", OK, ["--set", "train.lr=.inf"], ["--set", "train.lr", "infinite number"]),
+    ("set-nan", OK, ["--set", "train.lr=.nan"], ["--set", "train.lr", "NaN"]),
+    ("forty-digit-steps", OK.replace("max_steps: 10", "max_steps: " + "1234567890" * 4), [],
+     ["s.yaml:4", "train.max_steps", "40-digit number"]),
+    ("huge-float", OK.replace("batch_size: 4", "batch_size: 4, lr: 1e300"), [], ["s.yaml:4", "train.lr", "1e+300"]),
+    ("alias-bomb", OK + "".join(
+        f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9 if p else ['"lol"'] * 9) + "]\n"
+        for p, c in zip([""] + list("abcdefgh"), "abcdefghi")), [], ["s.yaml", "expands to more than 100,000 values"]),
+    ("sweep-grid-too-big", OK + "sweep: {grid: {" + ", ".join(
+        f"{k}: [{', '.join(str(i + 1) for i in range(100))}]" for k in ("seed", "train.max_steps", "train.batch_size", "train.log_every")
+    ) + "}}\n", [], ["s.yaml:5", "the sweep has 100,000,000 points (100 x 100 x 100 x 100)", "at most 10,000"]),
     ("bad-retry-class", OK + "retry: {on: [preempted, gremlins]}\n", [], ["retry.on.1", "preempted"]),
 ]
 
@@ -68,6 +80,24 @@ def test_bad_spec_exits_2_with_location(orch: Orch, tmp_path: Path, case: str, t
     for needle in needles:
         assert needle in res.stderr, f"{needle!r} not in:\n{res.stderr}"
     assert not any(orch.results.iterdir()), "a rejected spec must create nothing"
+
+
+def test_oversized_spec_is_refused_before_parsing(orch: Orch, tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with path.open("w") as fh:  # 50 MB: refused from its size, never read whole
+        fh.write(OK)
+        fh.write(("# " + "x" * 1022 + "\n") * 50 * 1024)
+    res = orch("submit", str(path), "--dry-run", check=2)
+    assert "big.yaml: the file is 52,4" in res.stderr and "at most 1,048,576" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_directory_as_spec_names_the_specs_in_it(orch: Orch, tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "a.yaml").write_text(OK)
+    res = orch("submit", str(tmp_path / "jobs"), check=2)
+    assert "is a directory, not a spec file" in res.stderr and "a.yaml" in res.stderr
+    assert "IsADirectoryError" not in res.stderr
 
 
 def test_missing_spec_file(orch: Orch) -> None:
