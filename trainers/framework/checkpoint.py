@@ -29,7 +29,9 @@ For other tools (generation, tests):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -38,6 +40,40 @@ import torch
 
 from orchestrator.record import checkpoints as ck
 from orchestrator.record.checkpoints import Checkpoint
+
+
+# Below this much free space a failed write was a full disk (the writer may not say so).
+FULL_BELOW = 1 << 20
+
+
+def discard_partial(tmp: Path) -> None:
+    """Remove a checkpoint folder whose writing failed, freeing its space even while a writer still
+    holds a file open: torch's C++ zip writer keeps its descriptor after a failed write, and a
+    deleted file's blocks stay allocated until it is closed, so on a full disk the trainer could not
+    even write its traceback. Truncating first frees the blocks whoever holds the file."""
+    for dirpath, _dirs, files in os.walk(tmp):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.truncate(os.path.join(dirpath, name), 0)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_full_cause(exc: BaseException, where: Path) -> Optional[OSError]:
+    """An `OSError(ENOSPC)` naming `where` (to raise instead of `exc`) when `exc` is a write that
+    failed on a full filesystem without saying so: torch's zip writer reports "PytorchStreamWriter failed writing file" or
+    "unexpected pos" as a RuntimeError with no errno. Checked before the partial files are removed
+    (removing them frees the space that tells). None when `exc` already carries its errno or the
+    filesystem has room (then it was something else)."""
+    if isinstance(exc, OSError) or not isinstance(exc, (RuntimeError, ValueError)):
+        return None
+    try:
+        st = os.statvfs(where if where.exists() else where.parent)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= FULL_BELOW:
+        return None
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return OSError(errno.ENOSPC, f"No space left on device (the checkpoint writer said: {first})", str(where))
 
 
 def save_model(model: torch.nn.Module, out: Path, hf_format: bool = True,
@@ -187,9 +223,12 @@ class CheckpointManager:
                 (tmp / ck.LOOP_STATE).write_text(json.dumps(loop_state, indent=2, default=float) + "\n")
                 path = self._finish(tmp, name, "step", step, tokens_seen, metrics or {})
                 ck.rotate(self.root, self.keep_last)
-        except BaseException:
+        except BaseException as exc:
+            full_disk = disk_full_cause(exc, tmp)
             if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
+                discard_partial(tmp)
+            if full_disk is not None:
+                raise full_disk from exc
             raise
         acc.wait_for_everyone()
         return path
@@ -205,8 +244,11 @@ class CheckpointManager:
         try:
             self._fill_model(model, tmp, full)
             return self._finish(tmp, name, kind, step, tokens_seen, metrics)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
+            full_disk = disk_full_cause(exc, tmp)
+            discard_partial(tmp)
+            if full_disk is not None:
+                raise full_disk from exc
             raise
 
     def save_best(self, step: int, model: torch.nn.Module, tokens_seen: int, metrics: dict[str, Any]) -> Optional[Path]:
