@@ -65,6 +65,11 @@ class Backend(ABC):
     def render(self, item: SubmitItem, group: SubmitGroup) -> str:
         """The job script for one run (shown by --dry-run, written to the run's job.sh)."""
 
+    def render_group(self, group: SubmitGroup) -> list[str]:
+        """Scripts the backend submits for the group as a whole (a SLURM job array's dispatcher),
+        beside each run's own; shown by --dry-run. None by default."""
+        return []
+
     @abstractmethod
     def submit(self, group: SubmitGroup) -> list[str]:
         """Start (or enqueue) every run of the group; return one job id per item, in order.

@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(spec_to_yaml(item.spec))
             print(f"# ---- {entry['run_id']} (job script)")
             sys.stdout.write(entry["script"])
+        for g in groups:  # what is submitted for a sweep as a whole: a SLURM job array's dispatcher
+            for k, script in enumerate(get_backend(g.backend).render_group(g.group)):
+                print(f"\n# ---- {g.source}: array {k} of the sweep (the script sbatch receives; "
+                      "task i runs the i-th run's job script)")
+                sys.stdout.write(script)
         print(f"\ndry run: {total} run(s) would be submitted; nothing was submitted.")
         return 0
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str], origin: Path) 
             spec = _with(spec, key, str(candidate))
         if not candidate.exists() and (must_exist or _is_written_as_path(value)):
             raise UserError(f"{origin}: {key}: {candidate} does not exist", hint=hint)
+        if must_exist and candidate.is_dir():  # `paths` are files: the job would die on IsADirectoryError
+            files = sorted(p.name for p in candidate.iterdir() if p.is_file())[:5]
+            raise UserError(f"{origin}: {key}: {candidate} is a directory; {key} names a file",
+                            hint="name the file in it" + (f": {', '.join(files)}" if files else ""))
+        if must_exist and not os.access(candidate, os.R_OK):
+            raise UserError(f"{origin}: {key}: {candidate} cannot be read (permission denied)",
+                            hint="the job reads it as you: check its mode and its folders'")
     if not Path(spec.preserve.dest).is_absolute():  # an output folder: relative to where you submit, like results/
         spec = _with(spec, "preserve.dest", str((Path.cwd() / spec.preserve.dest).resolve()))
     return spec

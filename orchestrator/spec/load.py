@@ -206,6 +206,25 @@ def check_numbers(value: Any, loc: tuple[Any, ...], lines: LineMap, file: str) -
                             hint="check for a typo (an extra digit, .inf, .nan)")
 
 
+def check_metric_names(spec: Spec, lines: LineMap, file: str) -> None:
+    """A `checks:` expression naming a metric the trainer never reports (`val_los`) is an error at
+    submit, with a did-you-mean, instead of an UNKNOWN verdict after the run."""
+    from orchestrator.checks.expr import compile_check
+
+    info = lookup(spec.trainer)
+    declared = tuple(spec.metrics.direction) if getattr(spec, "metrics", None) is not None else ()
+    errors = []
+    for i, check in enumerate(spec.checks):
+        for name in compile_check(check.expr).names:
+            hint = info.metric_problem(name, declared)
+            if hint is not None:
+                f, line = lines.get(("checks", i, "expr"), lines.get(("checks", i), (file, None)))
+                errors.append(SpecError(f"{name!r} is not a metric trainer {info.name!r} reports", file=f,
+                                        line=line, key=f"checks.{i}", hint=hint))
+    if errors:
+        raise SpecErrors(errors)
+
+
 def _expand_sweep(data: dict[str, Any], lines: LineMap, file: str, schema: type[Spec] = Spec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     sweep = data.get("sweep")
     if not sweep:
@@ -333,7 +352,7 @@ def load_spec(
 
     # Validate the base once: errors in the file are reported once, not once per sweep point.
     base = {k: v for k, v in data.items() if k != "sweep"}
-    validate({**base, "sweep": None})
+    check_metric_names(validate({**base, "sweep": None}), lines, file)
     points = _expand_sweep(data, lines, file, schema)  # structural sweep errors, with their lines
     sweep = validate({**base, "sweep": data["sweep"]}).sweep if data.get("sweep") is not None else None
     resolved = []

@@ -49,6 +49,17 @@ class UnknownTrainer(ValueError):
         self.hint = hint
 
 
+# The prefixes a check may put before a metric (checks.judge.build_metrics).
+CHECK_PREFIXES = ("best", "last", "latest", "first", "min", "max", "final")
+# Metrics the framework's loop (trainers/framework) records for every trainer, beside the trainer's
+# own `TrainerInfo.metrics`: the vocabulary `checks:` expressions are validated against at submit.
+FRAMEWORK_METRICS = (
+    "step", "steps", "tokens_seen", "attempt", "attempts", "time", "epoch", "step_time", "tokens_per_sec",
+    "loss_avg", "nonfinite", "train_val_gap", "throughput", "eval_seconds", "train_seconds",
+    "wall_seconds_this_attempt", "world_size", "stop_reason", "hf_best", "hf_final", "tokenizer",
+)
+
+
 @dataclass(frozen=True)
 class TrainerInfo:
     """What the control plane knows about a trainer, without importing it (or torch).
@@ -73,6 +84,26 @@ class TrainerInfo:
     metrics: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     paths_or_ids: tuple[str, ...] = ()
+
+    def metric_problem(self, name: str, declared: tuple[str, ...] = ()) -> Optional[str]:
+        """Why a name in a `checks:` expression can never have a value for this trainer (with a
+        did-you-mean), or None. `best.val_loss`, `min.loss`, `latent.f1`, `val_ppl@2x`,
+        `params.total` are judged by their metric (the part after a `best.`-like prefix, before
+        any `.` or `@`). A trainer that declares no metrics is not judged; `declared` adds the
+        spec's own (`metrics.direction` keys)."""
+        if not self.metrics:
+            return None
+        vocab = set(self.metrics) | set(FRAMEWORK_METRICS) | set(declared)
+        parts = name.split(".")
+        if parts[0] in CHECK_PREFIXES and len(parts) > 1:
+            parts = parts[1:]
+        base = parts[0].split("@")[0]
+        if base in vocab or name in vocab:
+            return None
+        close = difflib.get_close_matches(base, sorted(vocab), n=1, cutoff=0.7)
+        if close:
+            return f"did you mean {close[0]!r}?"
+        return f"trainer {self.name!r} reports: " + ", ".join(sorted(self.metrics))
 
     def __post_init__(self) -> None:
         if not (isinstance(self.spec_class, type) and issubclass(self.spec_class, Spec)):

@@ -186,6 +186,11 @@ class CheckSpec(Section):
         return v
 
 
+def _string_or_check(schema: dict[str, Any]) -> None:
+    """`checks:` items may be bare expression strings (read as {expr: ...}): say so in the JSON Schema."""
+    schema["items"] = {"anyOf": [{"type": "string", "description": "a check expression"}, schema["items"]]}
+
+
 class ResourcesSpec(Section):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -274,7 +279,8 @@ class Spec(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     early_stopping: Optional[EarlyStoppingSpec] = None
-    checks: list[CheckSpec] = Field(default_factory=list, description="'expr' strings or {expr, severity, message}")
+    checks: list[CheckSpec] = Field(default_factory=list, description="'expr' strings or {expr, severity, message}",
+                                    json_schema_extra=_string_or_check)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)

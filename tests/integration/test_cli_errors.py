@@ -4,6 +4,7 @@ Each case runs the real CLI (`orch submit --dry-run`) as a user would.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ CASES = [
     ("sweep-grid-too-big", OK + "sweep: {grid: {" + ", ".join(
         f"{k}: [{', '.join(str(i + 1) for i in range(100))}]" for k in ("seed", "train.max_steps", "train.batch_size", "train.log_every")
     ) + "}}\n", [], ["s.yaml:5", "the sweep has 100,000,000 points (100 x 100 x 100 x 100)", "at most 10,000"]),
+    ("misspelt-check-metric", OK + "checks: ['best.val_los < 2']\n", [],
+     ["s.yaml:5", "'best.val_los' is not a metric trainer 'lm' reports", "did you mean 'val_loss'"]),
+    ("unknown-check-metric", OK + "checks: [{expr: 'banana > 1'}]\n", [],
+     ["s.yaml:5", "'banana' is not a metric", "trainer 'lm' reports:"]),
     ("bad-retry-class", OK + "retry: {on: [preempted, gremlins]}\n", [], ["retry.on.1", "preempted"]),
 ]
 
@@ -98,6 +103,39 @@ def test_a_directory_as_spec_names_the_specs_in_it(orch: Orch, tmp_path: Path) -
     res = orch("submit", str(tmp_path / "jobs"), check=2)
     assert "is a directory, not a spec file" in res.stderr and "a.yaml" in res.stderr
     assert "IsADirectoryError" not in res.stderr
+
+
+def test_checks_on_declared_and_derived_metrics_are_accepted(orch: Orch, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(OK + "metrics: {direction: {my_score: max}}\n"
+                    "checks: ['best.val_loss < 2', 'max.val_ppl < 90', 'params.total > 0', 'my_score > 0',\n"
+                    "         'min.loss < 3 and last.tokens_per_sec > 0']\n")
+    orch("submit", str(path), "--dry-run")
+
+
+def test_a_directory_as_data_path_is_caught_at_submit(orch: Orch, tmp_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "input.txt").write_text("hello\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(OK.replace("{builtin: arith}", "{path: corpus}"))
+    res = orch("submit", str(path), check=2)
+    assert "data.path" in res.stderr and "is a directory; data.path names a file" in res.stderr
+    assert "input.txt" in res.stderr and "Traceback" not in res.stderr
+    assert not any(orch.results.iterdir())
+
+
+def test_schema_accepts_the_string_form_of_checks(orch: Orch) -> None:
+    schema = json.loads(orch("schema").stdout)
+    items = schema["properties"]["checks"]["items"]
+    assert {"type": "string", "description": "a check expression"} in items["anyOf"]
+
+
+def test_slurm_sweep_dry_run_shows_the_array_line(orch: Orch, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(OK + "sweep: {grid: {model.d_model: [16, 32, 64]}, max_parallel: 2}\n")
+    res = orch("submit", str(path), "--backend", "slurm", "--dry-run")
+    assert "#SBATCH --array=0-2%2" in res.stdout, res.stdout[-2000:]
+    assert not any(orch.results.iterdir()), "a dry run writes nothing"
 
 
 def test_missing_spec_file(orch: Orch) -> None:

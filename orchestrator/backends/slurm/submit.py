@@ -123,15 +123,44 @@ class SlurmBackend(Backend):
         record_submitted(item.run, self.name, job_id)
         return [job_id]
 
-    def _submit_arrays(self, group: SubmitGroup, dependency: Optional[str]) -> list[str]:
-        """One array per MaxArraySize chunk; runs with different resources get their own arrays."""
-        chunk = max(1, self.config().max_array_size)
+    @staticmethod
+    def _batches(group: SubmitGroup, chunk: int) -> list[list[SubmitItem]]:
+        """Consecutive runs with identical resources share an array of at most `chunk` tasks."""
         batches: list[list[SubmitItem]] = []
-        for item in group.items:  # consecutive runs with identical resources share an array
+        for item in group.items:
             if batches and batches[-1][0].spec.resources == item.spec.resources and len(batches[-1]) < chunk:
                 batches[-1].append(item)
             else:
                 batches.append([item])
+        return batches
+
+    def _array_script(self, group: SubmitGroup, batch: list[SubmitItem], k: int,
+                      dependency: Optional[str]) -> tuple[Path, str, str]:
+        """(folder, label, dispatcher script) of the k-th array of a group."""
+        root = batch[0].run.paths.root.resolve().parent / ".arrays"
+        label = f"{group.group_id or batch[0].run.run_id}-{k}"
+        throttle = f"%{group.max_parallel}" if group.max_parallel else ""
+        script = render_array(
+            batch[0].spec, self.profile, run_dirs=[i.run.paths.root.resolve() for i in batch],
+            array=f"0-{len(batch) - 1}{throttle}", output=str(root / f"{label}-%a.log"),
+            label=f"sweep {label}", dependency=dependency,
+        )
+        return root, label, script
+
+    def render_group(self, group: SubmitGroup) -> list[str]:
+        """The array dispatcher scripts a sweep would be submitted as (`--dry-run` shows them, with
+        their `#SBATCH --array=0-N%max_parallel` lines). A dry run asks the cluster nothing: the
+        split uses the profile's `max_array_size`, else Slurm's default MaxArraySize."""
+        if len(group.items) == 1 and not group.items[0].run.record.get("sweep_id"):
+            return []
+        chunk = self.profile.max_array_size or ClusterConfig.max_array_size
+        dependency = dependency_option(group.after_job_ids)
+        return [self._array_script(group, batch, k, dependency)[2]
+                for k, batch in enumerate(self._batches(group, max(1, chunk)))]
+
+    def _submit_arrays(self, group: SubmitGroup, dependency: Optional[str]) -> list[str]:
+        """One array per MaxArraySize chunk; runs with different resources get their own arrays."""
+        batches = self._batches(group, max(1, self.config().max_array_size))
         ids: list[str] = []
         previous: Optional[str] = None
         for k, batch in enumerate(batches):
@@ -147,15 +176,8 @@ class SlurmBackend(Backend):
         return ids
 
     def _submit_array(self, group: SubmitGroup, batch: list[SubmitItem], k: int, dependency: Optional[str]) -> str:
-        root = batch[0].run.paths.root.resolve().parent / ".arrays"
+        root, label, script = self._array_script(group, batch, k, dependency)
         root.mkdir(parents=True, exist_ok=True)
-        label = f"{group.group_id or batch[0].run.run_id}-{k}"
-        throttle = f"%{group.max_parallel}" if group.max_parallel else ""
-        script = render_array(
-            batch[0].spec, self.profile, run_dirs=[i.run.paths.root.resolve() for i in batch],
-            array=f"0-{len(batch) - 1}{throttle}", output=str(root / f"{label}-%a.log"),
-            label=f"sweep {label}", dependency=dependency,
-        )
         path = root / f"{label}.sh"
         atomic_write_text(path, script, fsync=False)
         try:
