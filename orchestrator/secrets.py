@@ -267,7 +267,23 @@ def redact(text: str, *, code: bool = False) -> str:
 
     `code=True` (diffs, source): token shapes, URL credentials and quoted literals under secret
     names only, no entropy rule (a binary diff is base85) and no bare `name=expression` rule.
+    Short texts are memoised: metric names, states and spec values repeat across thousands of
+    runs (a report of 10,000 runs redacts a million of them).
     """
+    if len(text) <= SHORT and not code:
+        return _redact_short(text)
+    return _redact(text, code)
+
+
+SHORT = 256
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _redact_short(text: str) -> str:
+    return _redact(text, False)
+
+
+def _redact(text: str, code: bool) -> str:
     if len(text) < 15 and not any(c in text for c in "=: "):
         return text  # too short for a token shape, no `name=value`, URL or `Bearer x`
     out = text
@@ -292,6 +308,24 @@ def redact(text: str, *, code: bool = False) -> str:
     if not code:
         out = _mask_random_words(out)
     return out
+
+
+_JSON_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')
+
+
+def redact_jsonl(text: str) -> str:
+    """`redact(text)` for JSON lines (metric logs), in the time of its distinct strings: a log of
+    thousands of records repeats a dozen keys, and numbers hold no secret (no token shape is all
+    digits). Only when a string would be masked, or a key is a secret name (its value, even a
+    number, is masked), is the whole text redacted."""
+    if "\\" in text:
+        strings = set(_JSON_STRING.findall(text))
+    else:  # no escapes: the strings are exactly every other piece between quotes (5x faster)
+        strings = {f'"{piece}"' for piece in set(text.split('"')[1::2])}
+    for quoted in strings:
+        if redact(quoted) != quoted or is_secret_name(quoted[1:-1]):
+            return redact(text)
+    return text
 
 
 def looks_like_secret(value: str) -> bool:

@@ -174,8 +174,9 @@ def _text(data: bytes, max_bytes: int) -> tuple[str, int]:
         lines = data.split(b"\n")[:-1]
         k = -(-len(data) // max_bytes)
         data = b"\n".join(lines[::k] + ([lines[-1]] if (len(lines) - 1) % k else [])) + b"\n"
-    text = data.decode("utf-8", "replace")
-    return scrub_text(text), count
+    from orchestrator.secrets import redact_jsonl
+
+    return redact_jsonl(data.decode("utf-8", "replace")), count
 
 
 def raw_rows(path: Any, max_bytes: int) -> tuple[str, int]:
