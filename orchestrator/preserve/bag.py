@@ -24,6 +24,7 @@ import re
 from typing import Iterable
 
 from orchestrator.errors import UserError
+from orchestrator.preserve.crate import METADATA, check as check_crate
 from orchestrator.preserve.manifest import Listing, Verification, hash_bytes, safe_relpath, unexplained_folders
 
 PAYLOAD = "data"
@@ -124,8 +125,6 @@ def _text(listing: Listing, rel: str) -> str | None:
 
 def judge(listing: Listing) -> Verification:
     """Compare a bag's files with its manifests, bag-info.txt and RO-Crate metadata."""
-    from orchestrator.preserve.crate import METADATA, check as check_crate
-
     where = str(listing.bundle)
     res = Verification(listing.bundle)
     declaration = _text(listing, BAGIT_TXT) or ""
