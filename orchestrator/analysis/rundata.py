@@ -19,7 +19,7 @@ from orchestrator.record.atomicio import read_json, read_jsonl
 from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
 
-BUNDLE_META = "PRESERVED.json"  # written by `orch preserve` next to MANIFEST.sha256
+BUNDLE_META = "PRESERVED.json"  # written by `orch preserve` into the bundle's payload
 LENGTH_KEY = re.compile(r"^val_ppl@(\d+(?:\.\d+)?)x$")
 
 
@@ -30,6 +30,11 @@ class RunData:
     root: Path
     kind: str  # "run" | "bundle"
     label: str = ""
+
+    def __post_init__(self) -> None:
+        # A BagIt bundle (orch preserve) keeps the run's layout in its payload folder.
+        if self.kind == "bundle" and (self.root / "bagit.txt").is_file() and (self.root / "data").is_dir():
+            self.root = self.root / "data"
 
     @property
     def paths(self) -> RunPaths:
@@ -152,7 +157,8 @@ class RunData:
 
 
 def is_bundle(path: Path) -> bool:
-    return (path / "MANIFEST.sha256").is_file() or (path / BUNDLE_META).is_file()
+    """A bundle folder: a BagIt bag (orch preserve) or one of the layout before it."""
+    return any((path / name).is_file() for name in ("bagit.txt", "MANIFEST.sha256", BUNDLE_META))
 
 
 def open_source(ref: str, results: Path) -> RunData:

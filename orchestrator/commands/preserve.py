@@ -1,4 +1,4 @@
-"""`orch preserve RUN...`: copy runs into verified bundles (see orchestrator/preserve.py)."""
+"""`orch preserve RUN...`: copy runs into verified BagIt bundles (see orchestrator/preserve/bundle.py)."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         size = out.bytes / 2**20
         if out.status == "unchanged":
             print(f"{r.run_id}: unchanged {out.path} ({out.files} files, {size:.1f} MiB; same manifest)")
+        elif out.status == "updated":
+            print(f"{r.run_id}: updated {out.path}: already preserved; only {', '.join(out.changed)} changed "
+                  f"(check results, run record annotations, or what preserve generates from them), so the bag was "
+                  f"rebuilt with a new manifest ({out.files} files, {size:.1f} MiB, {out.seconds:.1f}s)")
         else:
             linked = f", {out.linked} {'linked' if args.link else 'reflinked'}" if out.linked else ""
             print(f"{r.run_id}: {out.status} {out.path} ({out.files} files, {size:.1f} MiB{linked}, "

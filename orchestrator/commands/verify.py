@@ -1,7 +1,10 @@
-"""`orch verify BUNDLE...`: check every file of bundles against their MANIFEST.sha256.
+"""`orch verify BUNDLE...`: check every file of bundles against their manifests.
 
-Exit 0 when all match; otherwise name the missing, changed and unexpected files and exit 1.
-A path that is not a bundle at all is a usage error (exit 2).
+A BagIt bundle: every payload file against manifest-sha256.txt, the tag files against
+tagmanifest-sha256.txt, Payload-Oxum, and the RO-Crate metadata (it parses; every file it names
+exists); a bundle made before BagIt: every file against MANIFEST.sha256. Exit 0 when all match;
+otherwise name the missing, changed and unexpected files (an added empty folder too) and the
+bag-level problems, and exit 1. A path that is not a bundle at all is a usage error (exit 2).
 """
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
     for res in results:
         if res.ok:
             if not args.quiet:
-                print(f"OK {res.bundle}: {res.checked} files match {len(res.missing) + res.checked} in the manifest")
+                print(f"OK {res.bundle}: {res.checked} files match {len(res.missing) + res.checked} in the manifests")
             continue
         bad += 1
         print(f"FAILED {res.bundle}: {len(res.missing)} missing, {len(res.changed)} changed, "
-              f"{len(res.unexpected)} unexpected")
-        for label, items in (("missing", res.missing), ("changed", res.changed), ("unexpected", res.unexpected)):
+              f"{len(res.unexpected)} unexpected" + (f", {len(res.problems)} other problems" if res.problems else ""))
+        for label, items in (("missing", res.missing), ("changed", res.changed), ("unexpected", res.unexpected),
+                             ("problem", res.problems)):
             for line in iter_lines(items, 50):
                 print(f"  {label}: {line}")
     return 1 if bad else 0

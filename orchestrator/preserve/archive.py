@@ -1,8 +1,10 @@
 """Bundles as single archives (`tar`, `tar.gz`, `tar.zst`) that `orch verify` checks in place.
 
-Why: a bundle bound for cold storage or another site is easier to move as one file. The
-manifest is stored first in the archive so a no-op check reads only its head, and verification
-streams the members (no extraction, nothing written, no path in the archive is trusted).
+Why: a bundle bound for cold storage or another site is easier to move as one file. An archive
+holds the whole bag (`<bundle>/bagit.txt`, ..., `<bundle>/data/...`), so `tar xf` gives a bag
+that `bagit.py --validate` accepts. The tag files (manifests) are stored first so a no-op check
+reads only the head, and verification streams the members into one `Listing` (no extraction,
+nothing written, no path in the archive is trusted) judged like a folder (preserve.verify).
 zstd goes through the `zstd` program, as Python has no zstd module before 3.14.
 """
 from __future__ import annotations
@@ -14,10 +16,10 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from orchestrator.errors import UserError
-from orchestrator.preserve.manifest import CHUNK, MANIFEST_NAME, Verification, parse_manifest, walk_files
+from orchestrator.preserve.manifest import CHUNK, Listing, walk_files
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst")
 
@@ -38,10 +40,11 @@ def _zstd() -> str:
     return exe
 
 
-def write_archive(folder: Path, out: Path, fmt: str, *, arcname: str) -> None:
-    """Write `folder` as `out` (MANIFEST first), members named `<arcname>/<path>`; fsync'd."""
+def write_archive(folder: Path, out: Path, fmt: str, *, arcname: str, first: tuple[str, ...] = ()) -> None:
+    """Write `folder` as `out` (the files named in `first` first, in that order), members named
+    `<arcname>/<path>`; fsync'd."""
     files = sorted(rel for rel, _ in walk_files(folder))
-    files.sort(key=lambda r: r != MANIFEST_NAME)
+    files.sort(key=lambda r: first.index(r) if r in first else len(first))
     proc = None
     with open(out, "xb") as raw:
         stream: IO[bytes] = raw
@@ -112,47 +115,39 @@ def read_archive_member(path: Path, rel: str) -> bytes | None:
     return None
 
 
-def verify_archive(path: Path) -> Verification:
-    """Hash every member of an archived bundle against the manifest stored in it."""
-    result = Verification(path)
-    expected: dict[str, str] | None = None
-    seen: dict[str, str] = {}
-    folders: set[str] = set()
+def list_archive(path: Path, keep: Iterable[str] = ()) -> Listing:
+    """Hash every member of an archived bundle once (paths relative to its top folder); keep the
+    bytes of the members named in `keep`. A hard-link member counts as a copy of its target."""
+    keep = set(keep)
+    out = Listing(path)
     with _open(path) as tar:
         for m in tar:
-            rel = _rel(m.name)
+            rel = _rel(m.name).rstrip("/")
             if m.isdir():
                 if "/" in m.name.rstrip("/"):  # not the bundle's own top folder
-                    folders.add(rel.rstrip("/"))
+                    out.folders.add(rel)
                 continue
-            if rel == MANIFEST_NAME and m.isfile():
-                fh = tar.extractfile(m)
-                expected = parse_manifest(fh.read().decode("utf-8"), f"{path}:{MANIFEST_NAME}") if fh else {}
+            if m.islnk() and _rel(m.linkname) in out.files:
+                target = _rel(m.linkname)
+                out.files[rel], out.sizes[rel] = out.files[target], out.sizes[target]
+                if target in out.texts:
+                    out.texts[rel] = out.texts[target]
                 continue
-            if m.islnk():
-                digest = seen.get(_rel(m.linkname))
-            elif m.isfile():
-                h = hashlib.sha256()
-                fh = tar.extractfile(m)
-                while fh is not None and (chunk := fh.read(CHUNK)):
-                    h.update(chunk)
-                digest = h.hexdigest()
-            else:
-                result.unexpected.append(f"{rel} (not a regular file)")
+            if not m.isfile():
+                out.odd.append(rel)
                 continue
-            if digest:
-                seen[rel] = digest
-    if expected is None:
-        raise UserError(f"{path} holds no {MANIFEST_NAME}: not a bundle archive")
-    for rel, digest in sorted(seen.items()):
-        if rel not in expected:
-            result.unexpected.append(rel)
-        else:
-            result.checked += 1
-            if digest != expected[rel]:
-                result.changed.append(rel)
-    result.missing = sorted(set(expected) - set(seen))
-    # A folder member that no listed file lives in was added (orch writes no folder members).
-    used = {"/".join(r.split("/")[:i]) for r in list(expected) + list(seen) for i in range(1, r.count("/") + 1)}
-    result.unexpected += [f"{d}/ (folder)" for d in sorted(folders - used)]
-    return result
+            h = hashlib.sha256()
+            fh = tar.extractfile(m)
+            data = bytearray() if rel in keep else None
+            while fh is not None and (chunk := fh.read(CHUNK)):
+                h.update(chunk)
+                if data is not None:
+                    data += chunk
+            out.files[rel], out.sizes[rel] = h.hexdigest(), m.size
+            if data is not None:
+                out.texts[rel] = bytes(data)
+    # Folders are implied by member paths even where the archive stores no folder member.
+    for rel in list(out.files) + out.odd:
+        parts = rel.split("/")
+        out.folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return out

@@ -1,19 +1,30 @@
 """Copy a run into a verified preserved-data bundle: `<dest>/<YYYY-MM-DD>_<name>/`.
 
-Why: run folders get wiped and hand copies cannot be trusted. A bundle is laid out like the run
-folder, carries a generated README with plots, and a `MANIFEST.sha256` computed while copying
-(one read per file). It is built in a hidden temporary folder and renamed into place only when
-complete, so a killed preserve never leaves a bundle that looks whole. Preserving an unchanged
-run again is a no-op (the planned manifest equals the existing one); a changed run needs
---force. Symlinks leaving the run folder are never followed, and secrets are never copied:
+Why: run folders get wiped and hand copies cannot be trusted. A bundle is a BagIt bag
+(preserve.bag): its payload `data/` is laid out like the run folder and carries a generated
+README with plots, PRESERVED.json and RO-Crate metadata (preserve.crate); its
+`manifest-sha256.txt` is computed while copying (one read per file). It is built in a hidden
+temporary folder and renamed into place only when complete, so a killed preserve never leaves a
+bundle that looks whole.
+
+Preserving a run again compares the planned payload with the bundle's manifest (a bundle of the
+layout before BagIt, `MANIFEST.sha256`, is read too): the same payload is a no-op ("unchanged");
+a payload that differs only in the run's annotations is rebuilt in place, atomically
+("updated": checks.json, a run.json whose state, attempts and failure are the same -- what
+`orch check` and `orch monitor` rewrite -- and the files generated from them); any other change
+needs --force. Preserves of one bundle name are serialised by a lock file that is removed
+before the lock is released, so no `.lock-*` file outlives a preserve.
+
+Symlinks leaving the run folder are never followed, and secrets are never copied:
 credential files (`.env`, `id_rsa`, ...) are skipped, and every text file (spec.yaml, job.sh,
 logs, JSON, checkpoint spec copies), the generated README and PRESERVED.json go through
 `orchestrator.secrets` (large ones streamed line by line), so the bundle and its archive hold
-the masked text only.
+the masked text only; so do the RO-Crate metadata and bag-info.txt.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -24,13 +35,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
-from orchestrator.record.atomicio import file_lock, read_json, replace_dir
+from orchestrator.preserve import bag
+from orchestrator.record.atomicio import replace_dir
 from orchestrator.record.checkpoints import POLICIES, restate_file, select
 from orchestrator.errors import OrchError, UserError
+from orchestrator.preserve.crate import METADATA as CRATE_METADATA
 from orchestrator.preserve.manifest import (MANIFEST_NAME, copy_hashed, diff_manifests, hash_bytes, hash_file, iter_lines,
-                       read_manifest, render_manifest, walk_files)
+                                            parse_manifest, walk_files)
 from orchestrator.record.paths import check_name, inside
 from orchestrator.record.tree import Run
 from orchestrator.analysis.rundata import BUNDLE_META, RunData
@@ -57,6 +70,7 @@ class Item:
     data: bytes | None = None
     link: bool = False  # a checkpoint file: reflink (or, with --link, a hard link) allowed
     stream_redact: bool = False  # a large text file: copied through the line redactor
+    generated: bool = False  # made by preserve from the run's files (README, plots, metadata)
 
     @property
     def size(self) -> int:
@@ -95,12 +109,13 @@ class PreserveResult:
     """What `preserve` did (not to be confused with a trainer's `Outcome`)."""
 
     path: Path
-    status: str  # created | unchanged | replaced
+    status: str  # created | unchanged | updated (annotations only) | replaced (--force)
     files: int = 0
     bytes: int = 0
     linked: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # payload files that differed from the existing bundle
 
 
 # ------------------------------------------------------------------------------ secrets
@@ -213,11 +228,16 @@ def _fix_checkpoint_manifests(plan: Plan) -> None:
 
 
 def _generate(plan: Plan, checkpoints: str) -> None:
-    """Plots, PRESERVED.json and README.md, all deterministic functions of the run's files."""
+    """Plots, PRESERVED.json, README.md and the RO-Crate metadata, all deterministic functions of
+    the run's files."""
     from orchestrator.analysis.plotting import length_generalization, training_curves
-    from orchestrator.preserve.readme import render_readme
+    from orchestrator.preserve import crate
+    from orchestrator.preserve.readme import config_rows, render_readme
 
     d = plan.data
+    if any(i.rel == CRATE_METADATA for i in plan.items):  # the crate describes the bundle: ours wins
+        plan.items = [i for i in plan.items if i.rel != CRATE_METADATA]
+        plan.skipped.append(f"{CRATE_METADATA} (the run's own; the bundle's RO-Crate metadata replaces it)")
     taken = {i.rel for i in plan.items}
     plots: list[str] = []
     for rel, make in (("plots/training_curves.png", lambda: training_curves(d)),
@@ -226,20 +246,22 @@ def _generate(plan: Plan, checkpoints: str) -> None:
             continue
         png = make()
         if png:
-            plan.items.append(Item(rel, data=png))
+            plan.items.append(Item(rel, data=png, generated=True))
             plots.append(rel)
-    meta = {"format": 1, "generator": "orch preserve", "run_id": d.run_id, "name": d.name,
+    meta = {"format": 2, "layout": "bagit", "generator": "orch preserve", "run_id": d.run_id, "name": d.name,
             "state": d.state, "source": str(d.root.resolve()), "checkpoints": checkpoints,
             "checkpoint_roles": plan.roles, "skipped": sorted(plan.skipped)}
     meta = redact_mapping(meta)
-    plan.items.append(Item(BUNDLE_META, data=(json.dumps(meta, indent=2) + "\n").encode()))
+    plan.items.append(Item(BUNDLE_META, data=(json.dumps(meta, indent=2) + "\n").encode(), generated=True))
     files = {i.rel: i.size for i in plan.items}
     readme = redact(render_readme(d, checkpoints=checkpoints, roles=plan.roles, plots=plots, files=files,
                                   skipped=sorted(plan.skipped)))
-    if "README.md" in taken:  # the run wrote its own README: keep it, add ours beside it
-        plan.items.append(Item("README.orch.md", data=readme.encode()))
-    else:
-        plan.items.append(Item("README.md", data=readme.encode()))
+    # the run wrote its own README: keep it, add ours beside it
+    readme_rel = "README.orch.md" if "README.md" in taken else "README.md"
+    plan.items.append(Item(readme_rel, data=readme.encode(), generated=True))
+    sizes = {i.rel: None if i.stream_redact else i.size for i in plan.items}  # redaction may change a size
+    plan.items.append(Item(CRATE_METADATA, generated=True,
+                           data=crate.build(d, sizes, plan.roles, spec_rows=config_rows(d.spec))))
 
 
 def planned_manifest(plan: Plan) -> dict[str, str]:
@@ -282,13 +304,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def build(plan: Plan, tmp: Path, *, link: str) -> tuple[dict[str, str], int]:
-    """Write every item under `tmp` (hash while copying), MANIFEST.sha256 last; (manifest, linked).
-    `link` (manifest.LINK_MODES) applies to checkpoint files; every other file is copied."""
+    """Write the bag of `plan` in `tmp`: every item under `tmp/data/` (hashed while copied), then
+    the tag files, the tag manifest last; (payload manifest, files linked). `link`
+    (manifest.LINK_MODES) applies to checkpoint files; every other file is copied."""
     manifest: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     linked = 0
-    dirs = {tmp}
+    payload = tmp / bag.PAYLOAD
+    payload.mkdir()
+    dirs = {tmp, payload}
     for item in plan.items:
-        dst = tmp / item.rel
+        dst = payload / item.rel
         if dst.parent not in dirs:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dirs.update([dst.parent, *dst.parent.parents])
@@ -301,25 +327,101 @@ def build(plan: Plan, tmp: Path, *, link: str) -> tuple[dict[str, str], int]:
             digest, how = copy_hashed(item.src, dst, link=link if item.link else "copy")
             manifest[item.rel] = digest
             linked += how != "copy"
+        sizes[item.rel] = len(item.data) if item.data is not None else dst.stat().st_size
     for d in sorted((x for x in dirs if inside(tmp, x)), key=lambda p: len(p.parts), reverse=True):
         _fsync_dir(d)
-    _write_new(tmp / MANIFEST_NAME, render_manifest(manifest).encode())
+    for name, data in bag.tag_files(manifest, sizes, _bag_info(plan)).items():
+        _write_new(tmp / name, data)
     _fsync_dir(tmp)
     return manifest, linked
 
 
-def _existing_run_id(path: Path) -> str | None:
-    if path.is_dir():
-        meta = read_json(path / BUNDLE_META, default={})
-        return meta.get("run_id") if isinstance(meta, dict) else None
-    from orchestrator.preserve.archive import read_archive_member
+def _bag_info(plan: Plan) -> list[tuple[str, str]]:
+    """bag-info.txt's fields (Payload-Oxum is added by bag.tag_files)."""
+    from orchestrator import __version__
 
-    raw = read_archive_member(path, BUNDLE_META)
-    try:
-        meta = json.loads(raw) if raw else {}
-    except ValueError:
-        return None
-    return meta.get("run_id") if isinstance(meta, dict) else None
+    d = plan.data
+    git = d.provenance.get("git") if isinstance(d.provenance.get("git"), dict) else {}
+    fields = [("Bagging-Date", time.strftime("%Y-%m-%d")),
+              ("Bag-Software-Agent", f"orch {__version__} (orch preserve)"),
+              ("External-Identifier", d.run_id),
+              ("External-Description", f"{d.name}: run {d.run_id} ({d.state}), preserved by orch; "
+                                       f"RO-Crate metadata in {bag.PAYLOAD}/{CRATE_METADATA}"),
+              ("Internal-Sender-Identifier", str(d.root.resolve())),
+              ("Bag-Group-Identifier", d.name)]
+    if git.get("commit"):
+        fields.append(("Internal-Sender-Description", f"git commit {git['commit']}"))
+    return [(k, redact(v)) for k, v in fields]
+
+
+@dataclass
+class Existing:
+    """A bundle already at the target path (folder or archive; BagIt or the layout before it),
+    as far as preserving the run again needs it. Paths are payload-relative."""
+
+    path: Path
+    layout: str  # bagit | legacy | unknown
+    manifest: dict[str, str] | None = None  # None: no readable manifest
+
+    @property
+    def _prefix(self) -> str:
+        return f"{bag.PAYLOAD}/" if self.layout == "bagit" else ""
+
+    def read(self, rel: str) -> bytes | None:
+        """One file of the bundle (None when absent or unreadable)."""
+        if self.path.is_dir():
+            f = self.path / (self._prefix + rel)
+            try:
+                return f.read_bytes() if f.is_file() and not f.is_symlink() else None
+            except OSError:
+                return None
+        from orchestrator.preserve.archive import read_archive_member
+
+        return read_archive_member(self.path, self._prefix + rel)
+
+    def run_id(self) -> str | None:
+        if self.layout == "bagit" and self.path.is_dir():
+            info = (self.path / bag.BAG_INFO)
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                rid = bag.parse_info(info.read_text(encoding="utf-8")).get("External-Identifier")
+                if rid:
+                    return rid
+        try:
+            meta = json.loads(self.read(BUNDLE_META) or b"{}")
+        except ValueError:
+            return None
+        return meta.get("run_id") if isinstance(meta, dict) else None
+
+    def intact(self) -> bool:
+        """A cheap presence check of a folder bundle (the full check: `orch verify`)."""
+        if not self.path.is_dir() or self.manifest is None:
+            return True
+        root = self.path / self._prefix if self._prefix else self.path
+        return all((root / rel).is_file() and not (root / rel).is_symlink() for rel in self.manifest)
+
+
+def read_existing(path: Path) -> Existing:
+    """What is at `path`: its layout and payload manifest (a damaged one reads as None)."""
+    for layout, name in (("bagit", bag.MANIFEST), ("legacy", MANIFEST_NAME)):
+        if path.is_dir():
+            f = path / name
+            try:
+                raw = f.read_bytes() if f.is_file() else None
+            except OSError:
+                raw = None
+        else:
+            from orchestrator.preserve.archive import read_archive_member
+
+            raw = read_archive_member(path, name)
+        if raw is None:
+            continue
+        try:
+            text = raw.decode("utf-8")
+            manifest = bag.payload_manifest(text, str(path / name)) if layout == "bagit" else parse_manifest(text, str(path / name))
+        except (UserError, UnicodeDecodeError):
+            manifest = None
+        return Existing(path, layout, manifest)
+    return Existing(path, "unknown")
 
 
 def choose_target(dest: Path, plan: Plan, ext: str) -> Path:
@@ -331,10 +433,58 @@ def choose_target(dest: Path, plan: Plan, ext: str) -> Path:
         p = dest / (cand + ext)
         if not os.path.lexists(p):
             return p
-        if _existing_run_id(p) == rid:
+        if read_existing(p).run_id() == rid:
             return p
     raise UserError(f"{dest}: every bundle name for run {rid} is taken by other bundles or folders",
                     hint="pass --dest DIR to preserve elsewhere")
+
+
+@contextlib.contextmanager
+def _bundle_lock(dest: Path, name: str) -> Iterator[None]:
+    """Serialise preserves of one bundle name (across processes and hosts sharing `dest`) with an
+    flock on `dest/.lock-<name>`. The holder removes the file before releasing the lock, and a
+    waiter that then gets the lock of the removed file tries again on a fresh one, so no lock file
+    is left behind (one left by a killed preserve is removed by the next; _cleanup_stale)."""
+    path = dest / f".lock-{name}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                here = os.stat(path)
+                mine = os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was removed (or replaced) while we waited: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _drop_idle_lock(path: str) -> None:
+    """Remove a `.lock-*` file nobody holds (left by a killed preserve, or by orch before it
+    removed its lock files)."""
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        here, mine = os.stat(path), os.fstat(fd)
+        if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(path)
+    except OSError:  # held (BlockingIOError), or already gone
+        pass
+    finally:
+        os.close(fd)
 
 
 _STALE = re.compile(r"^\.(tmp|old)-(.+)\+(.+)\+(\d+)\+([0-9a-f]{6})(\.tar(\.gz|\.zst)?)?$")
@@ -346,10 +496,14 @@ def _scratch(dest: Path, kind: str, name: str) -> Path:
 
 
 def _cleanup_stale(dest: Path) -> None:
-    """Tidy after preserves on this host that were killed: drop half-built bundles, and put
-    back a bundle that was moved aside for --force when its replacement never arrived."""
+    """Tidy after preserves on this host that were killed: drop half-built bundles, put back a
+    bundle that was moved aside for a rebuild when its replacement never arrived, and remove
+    lock files nobody holds."""
     host = socket.gethostname()
     for entry in os.scandir(dest):
+        if entry.name.startswith(".lock-") and entry.is_file(follow_symlinks=False):
+            _drop_idle_lock(entry.path)
+            continue
         m = _STALE.match(entry.name)
         if not m or m.group(3) != host:
             continue
@@ -373,29 +527,36 @@ def _cleanup_stale(dest: Path) -> None:
                 os.unlink(entry.path)
 
 
-def _read_existing(target: Path) -> dict[str, str] | None:
-    if target.is_dir():
-        try:
-            return read_manifest(target)
-        except UserError:
-            return None
-    from orchestrator.preserve.archive import read_archive_member
-    from orchestrator.preserve.manifest import parse_manifest
+# run.json keys that only a transition of the run changes (record.annotate refuses to touch them):
+# a run.json that differs in nothing else was annotated (monitor markers, check summaries, times).
+_OUTCOME_KEYS = ("state", "attempts", "failure")
 
-    raw = read_archive_member(target, MANIFEST_NAME)
-    if raw is None:
-        return None
+
+def _outcome(raw: bytes | None) -> str | None:
     try:
-        return parse_manifest(raw.decode("utf-8"), str(target))
-    except (UserError, UnicodeDecodeError):
+        rec = json.loads(raw or b"")
+    except ValueError:
         return None
+    return json.dumps([rec.get(k) for k in _OUTCOME_KEYS], sort_keys=True) if isinstance(rec, dict) else None
 
 
-def _looks_intact(target: Path, manifest: dict[str, str]) -> bool:
-    """A cheap presence check of an existing folder bundle (full check: `orch verify`)."""
-    if not target.is_dir():
-        return True
-    return all((target / rel).is_file() and not (target / rel).is_symlink() for rel in manifest)
+def annotations_only(plan: Plan, existing: Existing, changed: Iterable[str]) -> bool:
+    """True when every changed payload file is generated by preserve, checks.json, or a run.json
+    whose state, attempts and failure are those already preserved (what `orch check` and
+    `orch monitor` rewrite between two preserves)."""
+    by_rel = {i.rel: i for i in plan.items}
+    for rel in changed:
+        item = by_rel.get(rel)
+        if item is None:
+            return False  # a file gone from the run
+        if item.generated or rel == "checks.json":
+            continue
+        if rel == "run.json":
+            new = item.data if item.data is not None else item.src.read_bytes()  # type: ignore[union-attr]
+            if _outcome(new) is not None and _outcome(new) == _outcome(existing.read(rel)):
+                continue
+        return False
+    return True
 
 
 RunLike = Union[Run, RunData, Path, str]
@@ -444,27 +605,35 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
     plan = plan_bundle(d, checkpoints)
     dest.mkdir(parents=True, exist_ok=True)
     ext = f".{archive}" if archive else ""
-    with file_lock(dest / f".lock-{plan.name}"):
+    changed: list[str] = []
+    with _bundle_lock(dest, plan.name):
         _cleanup_stale(dest)
         target = choose_target(dest, plan, ext)
         status = "created"
         if os.path.lexists(target):
-            existing = _read_existing(target)
-            if existing is not None:
+            existing = read_existing(target)
+            if existing.manifest is not None:
                 new = planned_manifest(plan)
-                if new == existing and _looks_intact(target, existing):
+                if new == existing.manifest and existing.layout == "bagit" and existing.intact():
                     return PreserveResult(target, "unchanged", len(new), sum(i.size for i in plan.items),
-                                   seconds=time.monotonic() - started, notes=plan.notes)
-                if not force:
-                    changes = diff_manifests(existing, new) or ["files are missing from the existing bundle"]
+                                          seconds=time.monotonic() - started, notes=plan.notes)
+                changed = sorted(rel for rel in set(new) | set(existing.manifest)
+                                 if new.get(rel) != existing.manifest.get(rel))
+                if annotations_only(plan, existing, changed) and existing.intact():
+                    status = "updated"
+                elif not force:
+                    changes = diff_manifests(existing.manifest, new) or ["files are missing from the existing bundle"]
                     raise UserError(
                         f"{target} already holds a different bundle of {d.run_id}:\n  "
                         + "\n  ".join(iter_lines(changes, 10)),
                         hint="pass --force to replace it (or --dest DIR to keep both)")
+                else:
+                    status = "replaced"
             elif not force:
                 raise UserError(f"{target} exists and is not a complete bundle",
                                 hint="pass --force to replace it")
-            status = "replaced"
+            else:
+                status = "replaced"
         tmp = _scratch(dest, "tmp", target.name.removesuffix(ext))
         tmp.mkdir()
         try:
@@ -474,7 +643,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
                 from orchestrator.preserve.archive import write_archive
 
                 final_tmp = Path(f"{tmp}{ext}")
-                write_archive(tmp, final_tmp, archive, arcname=target.name.removesuffix(ext))
+                write_archive(tmp, final_tmp, archive, arcname=target.name.removesuffix(ext), first=bag.TAG_FILES)
             _swap_into_place(final_tmp, target)
         finally:
             for leftover in (tmp, Path(f"{tmp}{ext}")):
@@ -483,7 +652,7 @@ def _preserve(run: RunLike, dest: Path | str, *, checkpoints: str, archive: str 
                 elif archive and leftover.exists():
                     leftover.unlink()
     return PreserveResult(target, status, len(manifest), sum(i.size for i in plan.items), linked,
-                   time.monotonic() - started, plan.notes)
+                          time.monotonic() - started, plan.notes, changed)
 
 
 def _swap_into_place(new: Path, target: Path) -> None:

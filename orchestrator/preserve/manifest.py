@@ -1,12 +1,14 @@
-"""Checksummed copies and the `MANIFEST.sha256` that proves a bundle is whole.
+"""Checksummed copies, bundle listings, and the `MANIFEST.sha256` of bundles made before BagIt.
 
-The manifest uses `sha256sum`'s own format, so `sha256sum -c MANIFEST.sha256` works inside a
-bundle without orch installed. Files are hashed while they are copied (one read of the source,
-big buffers, constant memory), or reflinked (a copy-on-write copy: the bundle keeps its bytes
-when the run's file is later changed) and then hashed once, so multi-GB checkpoints are read
-once. A hard link shares the run's file itself (an in-place edit of the run changes the bundle),
-so it is only made when asked for. Nothing here follows a symlink: a bundle is a tree of plain
-files.
+Files are hashed while they are copied (one read of the source, big buffers, constant memory),
+or reflinked (a copy-on-write copy: the bundle keeps its bytes when the run's file is later
+changed) and then hashed once, so multi-GB checkpoints are read once. A hard link shares the
+run's file itself (an in-place edit of the run changes the bundle), so it is only made when asked
+for. Nothing here follows a symlink: a bundle is a tree of plain files.
+
+`list_folder` reads a bundle folder once into a `Listing` (preserve.archive does the same for an
+archive), which preserve.bag judges for a BagIt bundle and `judge_legacy` for the older layout:
+the run's files beside `MANIFEST.sha256` in `sha256sum`'s own format (`sha256sum -c` works in it).
 """
 from __future__ import annotations
 
@@ -135,13 +137,6 @@ def _copy_fd(src_fd: int, dst: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ format
-def _escape(name: str) -> tuple[str, str]:
-    """sha256sum's escaping: names holding '\\' or a newline get a leading backslash."""
-    if "\\" in name or "\n" in name or "\r" in name:
-        return "\\", name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-    return "", name
-
-
 def _unescape(name: str) -> str:
     out, i = [], 0
     while i < len(name):
@@ -154,15 +149,6 @@ def _unescape(name: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
-
-
-def render_manifest(entries: dict[str, str]) -> str:
-    """`<sha256>  <path>` lines sorted by path (the format `sha256sum -c` reads)."""
-    lines = []
-    for rel in sorted(entries):
-        prefix, name = _escape(rel)
-        lines.append(f"{prefix}{entries[rel]}  {name}\n")
-    return "".join(lines)
 
 
 def safe_relpath(rel: str, where: str = "manifest") -> str:
@@ -209,82 +195,122 @@ def read_manifest(bundle: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------ verifying
 @dataclass
 class Verification:
-    """What `orch verify` found in one bundle."""
+    """What `orch verify` found in one bundle (paths relative to the bundle)."""
 
     bundle: Path
     checked: int = 0
     missing: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # bag-level: Payload-Oxum, RO-Crate, bagit.txt
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.changed or self.unexpected)
+        return not (self.missing or self.changed or self.unexpected or self.problems)
 
 
-def walk_files(root: Path, *, empty_dirs: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
+@dataclass
+class Listing:
+    """Everything in one bundle (a folder or an archive), read once: the sha256 and size of every
+    regular file, the bytes of the few small files asked for (`texts`), entries that are not
+    regular files (`odd`), and every folder."""
+
+    bundle: Path
+    files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    texts: dict[str, bytes] = field(default_factory=dict)
+    odd: list[str] = field(default_factory=list)
+    folders: set[str] = field(default_factory=set)
+
+
+def walk_files(root: Path, *, dirs: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every entry below `root` as (relative posix path, entry), never following symlinks.
 
-    Directories are descended; anything else (files, symlinks, fifos) is yielded, and with
-    `empty_dirs` so is every folder that holds nothing (as "path/"): a manifest lists files only,
-    so an added empty folder is otherwise invisible.
+    Directories are descended; anything else (files, symlinks, fifos) is yielded, and with `dirs`
+    so is every folder (as "path/"): a manifest lists files only, so an added empty folder is
+    otherwise invisible.
     """
-    stack: list[tuple[str, str, os.DirEntry[str] | None]] = [("", str(root), None)]
+    stack: list[tuple[str, str]] = [("", str(root))]
     while stack:
-        prefix, path, here = stack.pop()
-        found = False
+        prefix, path = stack.pop()
         with os.scandir(path) as it:
             for entry in it:
-                found = True
                 rel = f"{prefix}{entry.name}"
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append((rel + "/", entry.path, entry))
+                    stack.append((rel + "/", entry.path))
+                    if dirs:
+                        yield rel + "/", entry
                 else:
                     yield rel, entry
-        if empty_dirs and not found and here is not None:
-            yield prefix, here
 
 
-def verify_folder(bundle: Path) -> Verification:
-    """Compare every file of a bundle folder with its manifest (archives: `preserve.verify`).
-
-    Anything not in the manifest is unexpected: a file, a symlink, a fifo, or a folder (an empty
-    one added, or one that a manifest file cannot explain)."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise UserError(f"{bundle} is not a bundle folder", hint="pass the folder `orch preserve` printed")
-    expected = read_manifest(bundle)
-    result = Verification(bundle)
-    present: set[str] = set()
+def list_folder(bundle: Path, keep: Iterable[str] = ()) -> Listing:
+    """Hash every file of a bundle folder once (never following a symlink); keep the bytes of
+    the files named in `keep`."""
+    keep = set(keep)
+    out = Listing(bundle)
     buf = bytearray(CHUNK)
-    for rel, entry in sorted(walk_files(bundle, empty_dirs=True), key=lambda t: t[0]):
-        if rel == MANIFEST_NAME:
-            continue
+    for rel, entry in sorted(walk_files(bundle, dirs=True), key=lambda t: t[0]):
         if rel.endswith("/"):
-            result.unexpected.append(f"{rel} (folder)")
+            out.folders.add(rel[:-1])
             continue
-        present.add(rel)
-        if rel not in expected or not entry.is_file(follow_symlinks=False):
-            result.unexpected.append(rel + ("" if entry.is_file(follow_symlinks=False) else " (not a regular file)"))
+        if not entry.is_file(follow_symlinks=False):
+            out.odd.append(rel)
             continue
         try:
             fd = open_regular(entry.path)
         except (UserError, OSError):
-            result.changed.append(rel)
+            out.odd.append(rel)
             continue
         try:
-            digest = hash_fd(fd, buf)
+            if rel in keep:
+                data = b""
+                while chunk := os.read(fd, CHUNK):
+                    data += chunk
+                out.texts[rel] = data
+                out.files[rel], out.sizes[rel] = hash_bytes(data), len(data)
+            else:
+                out.files[rel] = hash_fd(fd, buf)
+                out.sizes[rel] = os.fstat(fd).st_size
         finally:
             os.close(fd)
+    return out
+
+
+def unexplained_folders(folders: Iterable[str], files: Iterable[str], keep: Iterable[str] = ()) -> list[str]:
+    """Folders no file (listed or present) lives in, innermost only: what was added empty."""
+    used = set(keep)
+    for rel in files:
+        parts = rel.split("/")
+        used.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    extra = set(folders) - used
+    return sorted(d for d in extra if not any(e.startswith(d + "/") for e in extra))
+
+
+def judge_legacy(listing: Listing) -> Verification:
+    """A bundle of the layout before BagIt (`MANIFEST.sha256` beside the run's files, README.md):
+    every file compared with the manifest."""
+    raw = listing.texts.get(MANIFEST_NAME)
+    where = f"{listing.bundle}:{MANIFEST_NAME}"
+    try:
+        expected = parse_manifest((raw or b"").decode("utf-8"), where)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot read {where}: {exc}") from None
+    result = Verification(listing.bundle)
+    for rel, digest in sorted(listing.files.items()):
+        if rel == MANIFEST_NAME:
+            continue
+        if rel not in expected:
+            result.unexpected.append(rel)
+            continue
         result.checked += 1
         if digest != expected[rel]:
             result.changed.append(rel)
-    result.missing = sorted(set(expected) - present)
+    result.unexpected += [f"{rel} (not a regular file)" for rel in listing.odd]
+    result.missing = sorted(set(expected) - set(listing.files))
+    known = list(expected) + list(listing.files) + listing.odd
+    result.unexpected += [f"{d}/ (folder)" for d in unexplained_folders(listing.folders, known)]
     return result
-
-
-def manifest_matches(a: dict[str, str], b: dict[str, str]) -> bool:
-    return a == b
 
 
 def diff_manifests(old: dict[str, str], new: dict[str, str]) -> list[str]:

@@ -46,7 +46,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def config_rows(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The spec's configuration as (key, value) rows, secrets masked: the README's table and the
+    RO-Crate's parameters (preserve.crate)."""
     from orchestrator.secrets import redact_mapping
 
     spec = redact_mapping(dict(spec))  # a secret-named key's value never reaches the README table
@@ -192,7 +194,7 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     out += [""]
 
     out += ["## Configuration", ""]
-    cfg = _config_rows(d.spec)
+    cfg = config_rows(d.spec)
     out += [table(["key", "value"], cfg) if cfg else "_No spec.yaml._", "",
             "The full resolved spec is in `spec.yaml`; provenance (command, git, versions) in `provenance.json`.", ""]
 
@@ -202,11 +204,15 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     out += [""]
 
     total = sum(files.values())
-    out += ["## Files", "", f"{len(files)} files, {_human(total)}; every file is listed in `MANIFEST.sha256`.", ""]
+    out += ["## Files", "", f"{len(files)} files, {_human(total)}. The bundle is a BagIt bag: these files are its payload "
+            "(`data/`), each listed with its sha256 in `../manifest-sha256.txt`; `ro-crate-metadata.json` describes "
+            "the run (RO-Crate 1.1).", ""]
     if skipped:
         out += ["Not copied (secrets, symlinks leaving the run, runtime files): " + ", ".join(f"`{s}`" for s in skipped), ""]
 
-    out += ["## Verify and load", "", "```sh", "orch verify .            # or: sha256sum -c MANIFEST.sha256", "```", "",
+    out += ["## Verify and load", "", "In the bundle folder (the one holding `bagit.txt`):", "", "```sh",
+            "orch verify .                 # or: sha256sum -c manifest-sha256.txt", "bagit.py --validate .          # any BagIt tool",
+            "```", "", "In `data/`:", "",
             "```python", "import json", "import pandas as pd", "",
             'history = pd.read_json("eval/metrics_history.jsonl", lines=True)',
             'diagnostics = pd.read_json("logs/train_diagnostics.jsonl", lines=True)',

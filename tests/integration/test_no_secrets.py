@@ -60,7 +60,7 @@ def _check_bundle_and_archive(orch, run: str, tmp: Path) -> Path:
             _no_secret_in(tar.extractfile(m).read(), f"{archive.name}:{m.name}")  # type: ignore[union-attr]
     orch("verify", str(bundle))
     orch("verify", str(archive))
-    return bundle
+    return bundle / "data"  # the payload of the bag: the run's files
 
 
 def test_submit_refuses_secrets_in_env(orch, tmp_path: Path) -> None:

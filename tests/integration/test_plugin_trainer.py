@@ -91,7 +91,7 @@ def test_plugin_run_end_to_end(orch: Orch, tmp_path: Path) -> None:
     dest = tmp_path / "preserved"
     res = orch("preserve", row["run_id"], "--dest", str(dest))
     [bundle] = [p for p in dest.iterdir() if p.is_dir() and str(p) in res.stdout]
-    assert "toy.width" in (bundle / "README.md").read_text()  # the trainer's own section is its configuration
+    assert "toy.width" in (bundle / "data" / "README.md").read_text()  # the trainer's own section is its configuration
     orch("verify", str(bundle))
 
 

@@ -41,26 +41,30 @@ def test_preserve_then_verify(env: tuple[Path, Path], tmp_path: Path) -> None:
     res = orch("preserve", "quick", "--dest", str(dest), results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
     assert bundle.name == "2025-03-14_quick" and str(bundle) in res.stdout
-    for rel in ("MANIFEST.sha256", "README.md", "spec.yaml", "provenance.json", "checks.json", "run.json",
+    for rel in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt"):
+        assert (bundle / rel).is_file(), rel
+    payload = bundle / "data"
+    for rel in ("ro-crate-metadata.json", "README.md", "spec.yaml", "provenance.json", "checks.json", "run.json",
                 "eval/metrics.json", "eval/metrics_history.jsonl", "eval/predictions.jsonl", "logs/training.log",
                 "logs/train_diagnostics.jsonl", "plots/training_curves.png", "ckpt/best/model/model.safetensors",
                 "tokenizer/tokenizer.json"):
-        assert (bundle / rel).is_file(), rel
-    assert not (bundle / "ckpt" / "step-00000200").exists()  # policy best
+        assert (payload / rel).is_file(), rel
+    assert not (payload / "ckpt" / "step-00000200").exists()  # policy best
     # the checkpoint's spec.yaml was redacted, and its manifest restated: the bundled checkpoint still validates
     from orchestrator.record.checkpoints import validate
 
-    assert "abc123-secret-value" not in (bundle / "ckpt" / "best" / "spec.yaml").read_text()
-    assert validate(bundle / "ckpt" / "best", deep=True) is None
+    assert "abc123-secret-value" not in (payload / "ckpt" / "best" / "spec.yaml").read_text()
+    assert validate(payload / "ckpt" / "best", deep=True) is None
     assert orch("verify", str(bundle), results=results).returncode == 0
     if shutil.which("sha256sum"):
-        assert subprocess.run(["sha256sum", "-c", "--quiet", "MANIFEST.sha256"], cwd=bundle).returncode == 0
-    readme = (bundle / "README.md").read_text()
+        for manifest in ("manifest-sha256.txt", "tagmanifest-sha256.txt"):
+            assert subprocess.run(["sha256sum", "-c", "--quiet", manifest], cwd=bundle).returncode == 0
+    readme = (payload / "README.md").read_text()
     for heading in ("## Key results", "## Checks", "## Diagnostics summary", "## Throughput and GPU memory",
                     "## Configuration", "## State, failure and attempts", "pd.read_json", "plots/training_curves.png"):
         assert heading in readme, heading
     assert "PASS" in readme and "tokens_per_sec" in readme and "mem_peak_mb" in readme
-    _png_ok(bundle / "plots" / "training_curves.png")
+    _png_ok(payload / "plots" / "training_curves.png")
 
 
 def test_secrets_and_escaping_symlinks_never_copied(env: tuple[Path, Path], tmp_path: Path) -> None:
@@ -72,7 +76,7 @@ def test_secrets_and_escaping_symlinks_never_copied(env: tuple[Path, Path], tmp_
     os.symlink(tmp_path, run_dir / "eval" / "escape_dir")
     orch("preserve", "quick", "--dest", str(dest), "--checkpoints", "all", results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
-    names = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")}
+    names = {p.relative_to(bundle / "data").as_posix() for p in (bundle / "data").rglob("*")}
     assert ".env" not in names and "id_rsa" not in names and "heartbeat.json" not in names
     assert "logs/escape.log" not in names and not any(n.startswith("eval/escape_dir") for n in names)
     assert not any("escape" in n.split("/")[1:2] for n in names if n.startswith("ckpt/"))
@@ -82,7 +86,7 @@ def test_secrets_and_escaping_symlinks_never_copied(env: tuple[Path, Path], tmp_
             blob = p.read_bytes()
             for s in SECRET_VALUES + ("private data outside",):
                 assert s.encode() not in blob, (p, s)
-    meta = json.loads((bundle / "PRESERVED.json").read_text())
+    meta = json.loads((bundle / "data" / "PRESERVED.json").read_text())
     assert any("escape.log" in s for s in meta["skipped"]) and any(".env" in s for s in meta["skipped"])
     assert orch("verify", str(bundle), results=results).returncode == 0
 
@@ -91,18 +95,18 @@ def test_tampering_is_named(env: tuple[Path, Path], tmp_path: Path) -> None:
     results, dest = env
     orch("preserve", "quick", "--dest", str(dest), results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
-    weights = bundle / "ckpt" / "best" / "model" / "model.safetensors"
+    weights = bundle / "data" / "ckpt" / "best" / "model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[100] ^= 0xFF
     weights.unlink()  # a hard link: replace, don't edit the run's checkpoint in place
     weights.write_bytes(bytes(data))
     res = orch("verify", str(bundle), results=results)
-    assert res.returncode == 1 and "changed: ckpt/best/model/model.safetensors" in res.stdout
-    (bundle / "eval" / "predictions.jsonl").unlink()
-    (bundle / "eval" / "notes.txt").write_text("added by hand")
+    assert res.returncode == 1 and "changed: data/ckpt/best/model/model.safetensors" in res.stdout
+    (bundle / "data" / "eval" / "predictions.jsonl").unlink()
+    (bundle / "data" / "eval" / "notes.txt").write_text("added by hand")
     res = orch("verify", str(bundle), results=results)
     assert res.returncode == 1
-    assert "missing: eval/predictions.jsonl" in res.stdout and "unexpected: eval/notes.txt" in res.stdout
+    assert "missing: data/eval/predictions.jsonl" in res.stdout and "unexpected: data/eval/notes.txt" in res.stdout
     # the run's own checkpoint was not touched through the hard link
     run_weights = next((results / "quick").iterdir()) / "ckpt" / "best" / "model" / "model.safetensors"
     assert run_weights.read_bytes() != bytes(data)
@@ -125,7 +129,7 @@ def test_idempotent_refuse_then_force(env: tuple[Path, Path], tmp_path: Path) ->
     res = orch("preserve", "quick", "--dest", str(dest), "--force", results=results, cwd=tmp_path, check=True)
     assert "replaced" in res.stdout
     assert _bundle(dest) == bundle and orch("verify", str(bundle), results=results).returncode == 0
-    assert "0.9" in (bundle / "eval" / "metrics_history.jsonl").read_text()
+    assert "0.9" in (bundle / "data" / "eval" / "metrics_history.jsonl").read_text()
 
 
 def test_copies_by_default_links_only_when_asked(env: tuple[Path, Path], tmp_path: Path) -> None:
@@ -134,14 +138,14 @@ def test_copies_by_default_links_only_when_asked(env: tuple[Path, Path], tmp_pat
     src = run_dir / "ckpt" / "best" / "model" / "model.safetensors"
     orch("preserve", "quick", "--dest", str(tmp_path / "a"), results=results, cwd=tmp_path, check=True)
     orch("preserve", "quick", "--dest", str(tmp_path / "b"), "--link", results=results, cwd=tmp_path, check=True)
-    copied = _bundle(tmp_path / "a") / "ckpt" / "best" / "model" / "model.safetensors"
-    linked = _bundle(tmp_path / "b") / "ckpt" / "best" / "model" / "model.safetensors"
+    copied = _bundle(tmp_path / "a") / "data" / "ckpt" / "best" / "model" / "model.safetensors"
+    linked = _bundle(tmp_path / "b") / "data" / "ckpt" / "best" / "model" / "model.safetensors"
     assert copied.stat().st_ino != src.stat().st_ino and copied.read_bytes() == src.read_bytes()
     assert linked.stat().st_ino == src.stat().st_ino  # same filesystem: --link hard-links checkpoints
     # the same content either way: identical manifests
-    assert (_bundle(tmp_path / "a") / "MANIFEST.sha256").read_text() == (_bundle(tmp_path / "b") / "MANIFEST.sha256").read_text()
+    assert (_bundle(tmp_path / "a") / "manifest-sha256.txt").read_text() == (_bundle(tmp_path / "b") / "manifest-sha256.txt").read_text()
     # logs are never linked: a run still appending must not change its bundle
-    assert (_bundle(tmp_path / "b") / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
+    assert (_bundle(tmp_path / "b") / "data" / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
 
 
 def test_killed_midway_leaves_no_complete_looking_bundle(tmp_path: Path) -> None:
@@ -155,11 +159,11 @@ def test_killed_midway_leaves_no_complete_looking_bundle(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--results", str(results), "preserve", "quick",
                              "--dest", str(dest), "--copy"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if not sigkill_mid_copy(proc, dest, ".tmp-*/ckpt/best/model/huge.bin"):
+    if not sigkill_mid_copy(proc, dest, ".tmp-*/data/ckpt/best/model/huge.bin"):
         pytest.skip("the copy finished before it could be interrupted")
     visible = [p for p in dest.iterdir() if not p.name.startswith(".")]
     assert visible == []  # nothing that looks like a bundle
-    assert not list(dest.glob(".tmp-*/MANIFEST.sha256"))
+    assert not list(dest.glob(".tmp-*/*manifest-sha256.txt"))
     big.unlink()  # keep the retry quick
     orch("preserve", "quick", "--dest", str(dest), results=results, cwd=tmp_path, check=True)
     assert not list(dest.glob(".tmp-*")), "stale temporary folder of the killed preserve was not cleaned"
@@ -225,5 +229,5 @@ def test_preserve_run_api(env: tuple[Path, Path]) -> None:
     results, dest = env
     run = ResultsRoot(results).resolve("quick")
     path = preserve_run(run, dest, checkpoints="none")
-    assert (path / "MANIFEST.sha256").is_file() and not (path / "ckpt").exists()
+    assert (path / "bagit.txt").is_file() and not (path / "data" / "ckpt").exists()
     assert preserve_run(run, dest, checkpoints="none") == path

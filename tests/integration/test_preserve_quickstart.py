@@ -45,37 +45,38 @@ def test_preserve_verify_tamper_noop(sweep: tuple[Path, list[Path]], tmp_path: P
     res = orch("preserve", run_id, "--dest", str(dest), "--checkpoints", "all", results=results, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     [bundle] = _bundles(dest)
-    assert (bundle / "eval" / "metrics.json").is_file() and (bundle / "plots" / "training_curves.png").is_file()
-    assert any((bundle / "ckpt").iterdir())
+    payload = bundle / "data"
+    assert (payload / "eval" / "metrics.json").is_file() and (payload / "plots" / "training_curves.png").is_file()
+    assert any((payload / "ckpt").iterdir())
     assert orch("verify", str(bundle), results=results).returncode == 0
     if shutil.which("sha256sum"):
-        assert subprocess.run(["sha256sum", "-c", "--quiet", "MANIFEST.sha256"], cwd=bundle).returncode == 0
-    readme = (bundle / "README.md").read_text()
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "manifest-sha256.txt"], cwd=bundle).returncode == 0
+    readme = (payload / "README.md").read_text()
     assert "## Key results" in readme and "val_loss" in readme and "COMPLETED" in readme
 
-    manifest_before = (bundle / "MANIFEST.sha256").read_text()
+    manifest_before = (bundle / "manifest-sha256.txt").read_text()
     again = orch("preserve", run_id, "--dest", str(dest), "--checkpoints", "all", results=results, cwd=tmp_path)
     assert again.returncode == 0 and "unchanged" in again.stdout
-    assert (bundle / "MANIFEST.sha256").read_text() == manifest_before
+    assert (bundle / "manifest-sha256.txt").read_text() == manifest_before
 
     work = tmp_path / "tamper"
     shutil.copytree(bundle, work, symlinks=True)
-    target = work / "eval" / "metrics_history.jsonl"
+    target = work / "data" / "eval" / "metrics_history.jsonl"
     data = bytearray(target.read_bytes())
     data[5] ^= 0x01
     target.write_bytes(bytes(data))
     res = orch("verify", str(work), results=results)
-    assert res.returncode == 1 and "changed: eval/metrics_history.jsonl" in res.stdout
+    assert res.returncode == 1 and "changed: data/eval/metrics_history.jsonl" in res.stdout
     shutil.rmtree(work)
     shutil.copytree(bundle, work, symlinks=True)
-    (work / "spec.yaml").unlink()
+    (work / "data" / "spec.yaml").unlink()
     res = orch("verify", str(work), results=results)
-    assert res.returncode == 1 and "missing: spec.yaml" in res.stdout
+    assert res.returncode == 1 and "missing: data/spec.yaml" in res.stdout
     shutil.rmtree(work)
     shutil.copytree(bundle, work, symlinks=True)
-    (work / "logs" / "extra.log").write_text("x")
+    (work / "data" / "logs" / "extra.log").write_text("x")
     res = orch("verify", str(work), results=results)
-    assert res.returncode == 1 and "unexpected: logs/extra.log" in res.stdout
+    assert res.returncode == 1 and "unexpected: data/logs/extra.log" in res.stdout
 
 
 def test_killed_preserve_of_real_run(sweep: tuple[Path, list[Path]], tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_killed_preserve_of_real_run(sweep: tuple[Path, list[Path]], tmp_path: P
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--results", str(copy_root), "preserve",
                              runs[1].name, "--dest", str(dest), "--checkpoints", "all", "--copy"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if not sigkill_mid_copy(proc, dest, f".tmp-*/ckpt/{ck.name}/big_fake_shard.bin"):
+    if not sigkill_mid_copy(proc, dest, f".tmp-*/data/ckpt/{ck.name}/big_fake_shard.bin"):
         pytest.skip("the copy finished before it could be interrupted")
     assert _bundles(dest) == []
     big.unlink()

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.runfactory import make_run, orch
 
-CKPT = Path("ckpt") / "best" / "model" / "model.safetensors"
+CKPT = Path("ckpt") / "best" / "model" / "model.safetensors"  # in the run; in a bundle, under data/
 
 
 def _bundle(dest: Path) -> Path:
@@ -38,7 +38,7 @@ def test_checkpoints_are_real_copies_by_default(run_dir: Path, tmp_path: Path) -
     results, dest = run_dir.parent.parent, tmp_path / "kept"
     res = orch("preserve", run_dir.name, "--dest", str(dest), results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
-    src, kept = run_dir / CKPT, bundle / CKPT
+    src, kept = run_dir / CKPT, bundle / "data" / CKPT
     assert kept.stat().st_ino != src.stat().st_ino and kept.stat().st_nlink == 1 and src.stat().st_nlink == 1
     original = kept.read_bytes()
     assert original == src.read_bytes() and " linked" not in res.stdout
@@ -51,12 +51,12 @@ def test_hard_links_only_with_link(run_dir: Path, tmp_path: Path) -> None:
     results, dest = run_dir.parent.parent, tmp_path / "linked"
     res = orch("preserve", run_dir.name, "--dest", str(dest), "--link", results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
-    src, kept = run_dir / CKPT, bundle / CKPT
+    src, kept = run_dir / CKPT, bundle / "data" / CKPT
     assert kept.stat().st_ino == src.stat().st_ino and "linked" in res.stdout  # asked for: shared
-    assert (bundle / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
+    assert (bundle / "data" / "logs" / "training.log").stat().st_ino != (run_dir / "logs" / "training.log").stat().st_ino
     _rewrite_in_place(src)  # ... which is why it is not the default: verify sees the change
     res = orch("verify", str(bundle), results=results)
-    assert res.returncode == 1 and f"changed: {CKPT.as_posix()}" in res.stdout, res.stdout
+    assert res.returncode == 1 and f"changed: data/{CKPT.as_posix()}" in res.stdout, res.stdout
     res = orch("preserve", run_dir.name, "--copy", "--link", results=results, cwd=tmp_path)
     assert res.returncode == 2 and "not allowed with" in res.stderr, res.stderr
 
@@ -66,13 +66,13 @@ def test_verify_names_added_folders(run_dir: Path, tmp_path: Path) -> None:
     orch("preserve", run_dir.name, "--dest", str(dest), results=results, cwd=tmp_path, check=True)
     bundle = _bundle(dest)
     (bundle / "extra").mkdir()
-    (bundle / "ckpt" / "best" / "notes" / "deeper").mkdir(parents=True)
+    (bundle / "data" / "ckpt" / "best" / "notes" / "deeper").mkdir(parents=True)
     res = orch("verify", str(bundle), results=results)
     assert res.returncode == 1, res.stdout
     assert "2 unexpected" in res.stdout and "unexpected: extra/ (folder)" in res.stdout, res.stdout
-    assert "unexpected: ckpt/best/notes/deeper/ (folder)" in res.stdout
+    assert "unexpected: data/ckpt/best/notes/deeper/ (folder)" in res.stdout
     os.rmdir(bundle / "extra")
-    os.removedirs(bundle / "ckpt" / "best" / "notes" / "deeper")
+    os.removedirs(bundle / "data" / "ckpt" / "best" / "notes" / "deeper")
     assert orch("verify", str(bundle), results=results).returncode == 0
 
 
