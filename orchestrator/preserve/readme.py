@@ -178,8 +178,11 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     res = _results_rows(d)
     out += [table(["metric", "final", "best"], res) if res else "_No eval/metrics.json or metrics history._", ""]
     length = _length_section(d)
+    lengths_png = "plots/length_generalization.png"
     if length:
         out += ["### Length generalization (perplexity vs position multiple)", "", length, ""]
+        if lengths_png in plots:  # its evolution over the evaluations: the figure a window study reports
+            out += [f"![perplexity at k x the training window across evaluations]({lengths_png})", ""]
 
     out += ["## Checks", "", _checks_section(d), ""]
     out += ["## State, failure and attempts", "", _attempts_section(d), ""]
@@ -188,7 +191,7 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     out += ["## Throughput and GPU memory", "", perf, ""]
 
     out += ["## Plots", ""]
-    out += [f"![{p}]({p})" for p in plots] or ["_No training curves were logged._"]
+    out += [f"![{p}]({p})" for p in plots if not (length and p == lengths_png)] or ["_No training curves were logged._"]
     out += [""]
 
     out += ["## Configuration", ""]
