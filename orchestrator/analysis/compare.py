@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -69,7 +70,7 @@ class Comparison:
         else:
             parts += ["spec differences: none", ""]
         parts += [f"metrics at {self.at}:", _table(self.results, width)]
-        parts += [_clip(f"note: {n}", width) for n in self.notes]
+        parts += [textwrap.fill(f"note: {n}", width, subsequent_indent="  ") for n in self.notes]
         return "\n".join(parts)
 
 
