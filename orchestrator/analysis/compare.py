@@ -74,8 +74,8 @@ class Comparison:
         return "\n".join(parts)
 
 
-_CELL = 32  # widest cell and run label in the printed table
-_KEY = 36  # widest row name
+_CELL = 40  # widest cell and run label in the printed table (a key and one run fit 80 columns)
+_KEY = 34  # widest row name
 
 
 def _clip(text: str, width: int) -> str:
