@@ -18,6 +18,7 @@ What is drawn, from the run's own files (`RunData`):
 from __future__ import annotations
 
 import io
+import math
 from typing import Any, Iterable, Sequence
 
 from orchestrator.errors import UserError
@@ -90,9 +91,14 @@ def log_y(ax: Any) -> None:
     from matplotlib.ticker import FuncFormatter
 
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+
+    def minor(v: float, _pos: int) -> str:  # 2, 3 and 5 x 10^k only, unless the axis spans < 0.4 decades
+        lo, hi = ax.get_ylim()
+        lead = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+        return f"{v:.3g}" if lo > 0 and math.log10(hi / lo) < 0.4 or lead in (2, 3, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _is_lm(d: RunData) -> bool:

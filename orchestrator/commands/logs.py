@@ -39,13 +39,9 @@ def run(args: argparse.Namespace) -> int:
     p = run_.paths
     path = (p.stderr(n) if args.stderr else p.training_log if args.training
             else p.scheduler_log if args.scheduler else p.stdout(n))
-    default = not (args.stderr or args.training or args.scheduler or args.follow)
-    if not path.exists() and not args.follow and not (default and p.stderr(n).exists()):
+    stdout = not (args.stderr or args.training or args.scheduler)
+    if not path.exists() and not args.follow and not (stdout and p.stderr(n).exists()):
         raise UserError(f"{path} does not exist yet", hint="the job may not have started; try -f to wait for it")
-    if default:
-        code = _print(path, args.lines)
-        _stderr_tail(p.stderr(n), run_.state, path, f"orch logs {args.run}" + (f" --attempt {n}" if args.attempt else ""))
-        return code
     pos = 0
     if path.exists() and args.lines:
         lines = path.read_bytes().splitlines(keepends=True)[-args.lines:]
@@ -60,20 +56,14 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
         if not args.follow:
-            return 0
+            break
         if run_.reload() and run_.state.terminal:
             time.sleep(0.3)
             if path.exists() and path.stat().st_size == pos:
-                return 0
+                break
         time.sleep(0.5)
-
-
-def _print(path: Path, lines: int) -> int:
-    data = path.read_bytes() if path.exists() else b""
-    if lines:
-        data = b"".join(data.splitlines(keepends=True)[-lines:])
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    if stdout:
+        _stderr_tail(p.stderr(n), run_.state, path, f"orch logs {args.run}" + (f" --attempt {n}" if args.attempt else ""))
     return 0
 
 
