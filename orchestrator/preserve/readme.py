@@ -155,7 +155,7 @@ def _length_section(d: RunData) -> str | None:
     if not keys:
         return None
     final, best = d.final(), d.best()
-    rows = [("1x (val_ppl)", final.get("val_ppl", ""), best.get("val_ppl", ""))]
+    rows = [] if any(m == 1 for m, _ in keys) else [("1x (val_ppl)", final.get("val_ppl", ""), best.get("val_ppl", ""))]
     rows += [(f"{m:g}x", final.get(k, ""), best.get(k, "")) for m, k in keys]
     return table(["length", "final", "best"], rows)
 
