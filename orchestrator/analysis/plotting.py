@@ -219,7 +219,7 @@ def length_figure(d: RunData, at: str = "last") -> Any | None:
     steps = [float(r["step"]) for r in rows]
     norm = colors.Normalize(min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
     cmap = colormaps["viridis"]
-    chosen = _at_step(d, at)
+    chosen = float(rows[-1]["step"]) if at == "last" else _at_step(d, at)  # `last`: the newest evaluation
     all_x: list[float] = []
     for r in rows:
         pts = [(m, float(r[k])) for m, k in mults if finite(r.get(k))]

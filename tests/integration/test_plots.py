@@ -80,6 +80,8 @@ def test_length_figure_shows_every_multiple_across_evaluations(resumed: RunData)
     assert list(last.get_ydata()) == [30, 40, 80]
     assert any(ax.get_ylabel() == "evaluation step" for ax in fig.axes)  # the colour bar
     assert "not evaluable: 20x" in fig._suptitle.get_text()
+    best = _axis(length_figure(resumed, "step=120"), "perplexity vs length, one curve per evaluation")
+    assert [c.get_label() for c in best.get_lines() if not c.get_label().startswith("_")] == ["step=120 (step 100)"]
     assert length_figure(RunData(make_run(resumed.root.parent.parent, name="flat", lengths=False).root, "run")) is None
 
 
