@@ -18,6 +18,7 @@ from orchestrator.analysis.metrics import (MAX, direction, final_values, finite,
 from orchestrator.record.atomicio import read_json, read_jsonl
 from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
+from orchestrator.report.collect import logical_rows
 
 BUNDLE_META = "PRESERVED.json"  # written by `orch preserve` into the bundle's payload
 LENGTH_KEY = re.compile(r"^val_ppl@(\d+(?:\.\d+)?)x$")
@@ -77,6 +78,29 @@ class RunData:
         return [flatten(r) for r in read_jsonl(self.paths.diagnostics)]
 
     @cached_property
+    def train_rows(self) -> list[dict[str, Any]]:
+        """The diagnostics as one logical run across attempts: the rows a resumed attempt rolled
+        back (it restarted from an earlier checkpoint) are dropped (`report.collect.logical_rows`)."""
+        return logical_rows(self.diagnostics)[0]
+
+    @cached_property
+    def eval_rows(self) -> list[dict[str, Any]]:
+        """The metrics history as one logical run across attempts (see `train_rows`)."""
+        return logical_rows(self.history)[0]
+
+    @cached_property
+    def attempt_starts(self) -> list[tuple[int, float]]:
+        """(attempt, first step it logged) for every attempt after the first, from the `attempt`
+        field the framework writes in each diagnostics/history row (else from a step going back)."""
+        starts: dict[int, float] = {}
+        for rows in (self.diagnostics, self.history):
+            for b in logical_rows(rows)[1]:
+                if is_number(b["attempt"]):
+                    n = int(b["attempt"])
+                    starts[n] = min(starts.get(n, b["step"]), b["step"])
+        return sorted(starts.items())
+
+    @cached_property
     def checks(self) -> dict[str, Any]:
         c = read_json(self.paths.checks, default={})
         return c if isinstance(c, dict) else {"results": c} if isinstance(c, list) else {}
@@ -127,22 +151,29 @@ class RunData:
             return {}
         return metric_values((max if way == MAX else min)(rows, key=lambda r: float(r[key])))
 
-    def at_step(self, step: int) -> dict[str, Any]:
-        """The last history row at or before `step` (an empty dict when none)."""
-        rows = [r for r in self.history if is_number(r.get("step")) and r["step"] <= step]
-        return metric_values(rows[-1]) if rows else {}
+    def at_step(self, step: float) -> dict[str, Any]:
+        """The newest evaluation at or before `step`, with the newest train diagnostics at or
+        before it (`loss`, `grad_norm`...) where the evaluation has no such key; its `step` is the
+        evaluation's (the diagnostics' step alone when nothing was evaluated by then); {} when none."""
+        evals = [r for r in self.eval_rows if r["step"] <= step]
+        train = [r for r in self.train_rows if r["step"] <= step]
+        if not evals and not train:
+            return {}
+        at = evals[-1]["step"] if evals else train[-1]["step"]
+        train = [r for r in train if r["step"] <= at]
+        return {**(metric_values(train[-1]) if train else {}), **(metric_values(evals[-1]) if evals else {})}
 
     def at(self, where: str) -> dict[str, Any]:
+        """The metrics at `best` (with the train diagnostics of that step), `last` or `step=N`
+        (the newest record at or before N: `at_step`)."""
         if where == "best":
-            return self.best()
+            best = self.best()
+            if not is_number(best.get("step")):
+                return best
+            return {**self.at_step(best["step"]), **best}
         if where == "last":
             return self.final()
-        if where.startswith("step="):
-            try:
-                return self.at_step(int(where[5:]))
-            except ValueError:
-                raise UserError(f"--at {where!r}: expected step=N with an integer N") from None
-        raise UserError(f"--at {where!r}: use best, last or step=N")
+        return self.at_step(parse_at_step(where))
 
     def _checkpoint_metric(self) -> str:
         ck = self.spec.get("checkpoint") or {}
@@ -154,6 +185,19 @@ class RunData:
         for row in self.history[-1:] + [self.final(), self.best()]:
             keys.update(k for k in row if LENGTH_KEY.match(k))
         return sorted((float(LENGTH_KEY.match(k).group(1)), k) for k in keys)  # type: ignore[union-attr]
+
+
+def parse_at_step(where: str) -> int:
+    """N of `--at step=N`; a UserError for anything else (best and last are the caller's)."""
+    if not where.startswith("step="):
+        raise UserError(f"--at {where!r}: use best, last or step=N")
+    try:
+        step = int(where[5:])
+    except ValueError:
+        raise UserError(f"--at {where!r}: expected step=N with an integer N") from None
+    if step < 0:
+        raise UserError(f"--at {where!r}: the step must be >= 0")
+    return step
 
 
 def is_bundle(path: Path) -> bool:
@@ -172,21 +216,3 @@ def open_source(ref: str, results: Path) -> RunData:
 
     run = ResultsRoot(results).resolve(ref)
     return RunData(run.paths.root, "run")
-
-
-def unique_labels(items: list[RunData]) -> None:
-    """Label each item by name; where names repeat, add the sweep point or the run id."""
-    names = [it.name for it in items]
-    for it in items:
-        label = it.name
-        if names.count(it.name) > 1:
-            if it.sweep_point:
-                label += " (" + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in it.sweep_point.items()) + ")"
-            else:
-                label = it.run_id
-        it.label = label
-    seen: dict[str, int] = {}
-    for it in items:  # still equal (same run twice, or a run and its bundle): number them
-        seen[it.label] = seen.get(it.label, 0) + 1
-        if seen[it.label] > 1:
-            it.label = f"{it.label} #{seen[it.label]}"

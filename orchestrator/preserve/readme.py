@@ -157,7 +157,7 @@ def _length_section(d: RunData) -> str | None:
     if not keys:
         return None
     final, best = d.final(), d.best()
-    rows = [("1x (val_ppl)", final.get("val_ppl", ""), best.get("val_ppl", ""))]
+    rows = [] if any(m == 1 for m, _ in keys) else [("1x (val_ppl)", final.get("val_ppl", ""), best.get("val_ppl", ""))]
     rows += [(f"{m:g}x", final.get(k, ""), best.get(k, "")) for m, k in keys]
     return table(["length", "final", "best"], rows)
 
@@ -180,8 +180,11 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     res = _results_rows(d)
     out += [table(["metric", "final", "best"], res) if res else "_No eval/metrics.json or metrics history._", ""]
     length = _length_section(d)
+    lengths_png = "plots/length_generalization.png"
     if length:
         out += ["### Length generalization (perplexity vs position multiple)", "", length, ""]
+        if lengths_png in plots:  # its evolution over the evaluations: the figure a window study reports
+            out += [f"![perplexity at k x the training window across evaluations]({lengths_png})", ""]
 
     out += ["## Checks", "", _checks_section(d), ""]
     out += ["## State, failure and attempts", "", _attempts_section(d), ""]
@@ -190,7 +193,7 @@ def render_readme(d: RunData, *, checkpoints: str, roles: Mapping[str, str], plo
     out += ["## Throughput and GPU memory", "", perf, ""]
 
     out += ["## Plots", ""]
-    out += [f"![{p}]({p})" for p in plots] or ["_No training curves were logged._"]
+    out += [f"![{p}]({p})" for p in plots if not (length and p == lengths_png)] or ["_No training curves were logged._"]
     out += [""]
 
     out += ["## Configuration", ""]

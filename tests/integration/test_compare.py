@@ -131,3 +131,43 @@ def test_compare_and_check_see_the_same_names(tmp_path: Path) -> None:
                            results=results, cwd=tmp_path, check=True).stdout)
     assert list(best["metrics"]["step"].values()) == [100] and list(best["metrics"]["f1"].values()) == [0.7]
     assert measured["best.f1"] == 0.7
+
+
+def test_compare_at_step_names_the_step_shown_and_fits_the_terminal(sweep: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--at step=120` (evaluations every 50 steps) says it shows step 100; long spec checks and
+    the checks.json verdicts become short cells; every line fits COLUMNS=120."""
+    import yaml
+
+    runs = sorted((sweep / "lrsweep").iterdir())
+    spec = yaml.safe_load((runs[0] / "spec.yaml").read_text())
+    spec["checks"] = [{"expr": f"best.val_loss < {x}", "message": "a long explanation of why " * 6} for x in (2, 3, 4)]
+    (runs[0] / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (runs[2] / "checks.json").write_text(json.dumps({"passed": False, "summary": "1/2 pass FAILED",
+                                                     "failing": ["best.val_loss < 1.0"], "results": []}))
+    monkeypatch.setenv("COLUMNS", "120")
+    res = orch("compare", "lrsweep", "--at", "step=120", "--metrics", "val_loss,loss", results=sweep, cwd=tmp_path,
+               check=True)
+    lines = res.stdout.splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    text = " ".join(res.stdout.split())
+    assert "nearest recorded step 100 (asked 120" in text and "not interpolated" in text
+    checks_row = next(line for line in lines if line.startswith("checks "))
+    assert checks_row.split()[1:] == ["3", "checks", "-", "-"]  # spec difference: counted, not dumped
+    verdicts = lines[max(i for i, line in enumerate(lines) if line.startswith("checks "))]
+    assert "1/1 pass" in verdicts and "1/2 pass FAILED: best.val_loss < 1.0" in verdicts
+
+
+def test_compare_over_train_diagnostics(sweep: Path, tmp_path: Path) -> None:
+    """Diagnostics metrics (`loss`, `grad_norm`: logs/train_diagnostics.jsonl) compare like
+    evaluation metrics: at step=N from the newest train record at or before the evaluation shown."""
+    import math
+
+    data = json.loads(orch("compare", "lrsweep", "--json", "--at", "step=120", "--metrics", "loss,grad_norm",
+                           results=sweep, cwd=tmp_path, check=True).stdout)
+    assert data["notes"] == ["nearest recorded step 100 (asked 120: the newest record at or before it, not interpolated)"]
+    for run in data["runs"]:
+        lr = float(run["label"].split("=")[1])
+        scale = 1.0 + 10 * lr + 0.1
+        assert data["metrics"]["loss"][run["label"]] == pytest.approx(3.0 * math.exp(-100 / (200 * scale)) + 1.0)
+        assert data["metrics"]["grad_norm"][run["label"]] == pytest.approx(1.0 + 0.5 * math.sin(100))
