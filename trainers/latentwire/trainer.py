@@ -89,8 +89,8 @@ class LatentWireTrainer(Trainer):
         n_lora = sum(p.numel() for p in parts.lora.parameters())
         n_dec = sum(p.numel() for p in self.decoder.parameters() if not p.requires_grad)
         ctx.record(params={"trainable": n_enc + n_lora, "encoder": n_enc, "lora": n_lora, "decoder_frozen": n_dec})
-        placed = f", device_map {m.device_map}: {sorted(set(map(str, getattr(self.decoder, 'hf_device_map', {}).values())))}" \
-            if m.device_map else ""
+        devices = sorted({str(t.device) for t in self.decoder.state_dict().values()})
+        placed = f", device_map {m.device_map}: {devices}" if m.device_map else ""
         lora = f"; LoRA rank {m.lora.rank} on {sorted(self.peft.peft_config['default'].target_modules)}: " \
                f"{n_lora:,} trainable" if m.lora else ""
         ctx.print(f"decoder {source}: {n_dec:,} frozen parameters ({self.decoder.dtype}, "
