@@ -156,3 +156,17 @@ def test_chat_template_asked_but_absent_is_a_clear_error(tmp_path: Path) -> None
     folder = llama3_style_decoder(tmp_path / "plain", template=False)
     with pytest.raises(ValueError, match="model.chat_template: true, but the decoder's tokenizer has no chat template"):
         _trainer(tmp_path, folder, chat_template=True)
+
+
+@pytest.mark.parametrize("use_hf", [True, False])
+def test_orch_generate_stops_at_every_stop_token_too(decoder_dir: Path, use_hf: bool) -> None:
+    """The shared `generate` (`orch generate`, the lm trainer's samples): both of its decoding loops."""
+    from transformers import AutoModelForCausalLM
+
+    from trainers.framework.generation import generate
+    from trainers.lm.tokenization import load_pretrained
+
+    tok, model = load_pretrained(str(decoder_dir)), AutoModelForCausalLM.from_pretrained(str(decoder_dir))
+    out = generate(model, tok, ["Context: Lyon is near Paris.\nQuestion: Which city?\nAnswer:"], max_new_tokens=6,
+                   temperature=0, use_hf_generate=use_hf)
+    assert out == [" Paris"]
