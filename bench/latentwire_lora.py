@@ -38,13 +38,13 @@ LM_SPEC = """\
 name: lw-bench-decoder
 trainer: lm
 seed: 7
-model: {{arch: llama, n_layer: 2, n_head: 4, d_model: 128, max_seq_len: 256}}
+model: {{arch: llama, n_layer: 2, n_head: 4, d_model: 64, max_seq_len: 128}}
 tokenizer: {{type: bpe, vocab_size: 1024}}
 data: {{path: {corpus}, val_fraction: 0.05}}
-train: {{max_steps: {steps}, batch_size: 16, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 20, log_every: 50, device: cpu}}
+train: {{max_steps: {steps}, batch_size: 8, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 10, log_every: 25, device: cpu}}
 eval: {{every: {steps}, batches: 4}}
 checkpoint: {{every: {steps}, keep_last: 1}}
-resources: {{cpus_per_task: 2}}
+resources: {{cpus_per_task: 1}}
 """
 
 
@@ -79,8 +79,8 @@ def metrics_of(results: Path, name: str) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--squad", type=Path, default=SQUAD)
-    ap.add_argument("--lm-steps", type=int, default=300)
-    ap.add_argument("--steps", type=int, default=150, help="latentwire steps per run")
+    ap.add_argument("--lm-steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=100, help="latentwire steps per run")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
     ap.add_argument("--keep", type=Path, help="results tree to keep (default: a temporary one)")
@@ -98,7 +98,7 @@ def main() -> int:
     common = ["--set", f"data.path={args.squad}", "--set", "model.decoder=null", "--set", "model.decoder_config=null",
               "--set", "model.decoder_from_run=lw-bench-decoder", "--set", f"train.max_steps={args.steps}",
               "--set", f"eval.every={args.steps}", "--set", f"checkpoint.every={args.steps}",
-              "--set", "data.eval_samples=64", "--set", "eval.modes=[" + ",".join(MODES) + "]"]
+              "--set", "data.eval_samples=48", "--set", "eval.modes=[" + ",".join(MODES) + "]"]
     runs = {"frozen decoder": ("lw-bench-frozen", []),
             f"LoRA rank {args.lora_rank}": ("lw-bench-lora", ["--set", f"model.lora.rank={args.lora_rank}",
                                                               "--set", f"model.lora.alpha={2 * args.lora_rank}",

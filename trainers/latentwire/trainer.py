@@ -22,12 +22,11 @@ the uncompressed path (adapter: every context token through the encoder and adap
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
-
-import contextlib
 
 import torch
 
@@ -66,7 +65,7 @@ class LatentWireTrainer(Trainer):
         self.eval_examples = encode_examples(eval_ds, self.tokenizer, m)
         width = self.decoder.get_input_embeddings().embedding_dim
         encoder = LatentEncoder(width, m, embed_rms(self.decoder)).to(ctx.device)
-        self.peft = attach_lora(self.decoder, m.lora) if m.lora else None  # after the encoder: its init is unchanged
+        self.peft = attach_lora(self.decoder, m.lora) if m.lora else None  # after the encoder: LoRA leaves its init alone
         parts = TrainedParts(encoder, lora_parameters(self.peft) if self.peft is not None else None)
         optimizer = build_optimizer(t, parts, ctx.device)
         # Budget unit: tokens of text the system reads per question (context + question + anchor + answer),
@@ -89,7 +88,7 @@ class LatentWireTrainer(Trainer):
         n_lora = sum(p.numel() for p in parts.lora.parameters())
         n_dec = sum(p.numel() for p in self.decoder.parameters() if not p.requires_grad)
         ctx.record(params={"trainable": n_enc + n_lora, "encoder": n_enc, "lora": n_lora, "decoder_frozen": n_dec})
-        devices = sorted({str(t.device) for t in self.decoder.state_dict().values()})
+        devices = sorted({str(w.device) for w in self.decoder.state_dict().values()})
         placed = f", device_map {m.device_map}: {devices}" if m.device_map else ""
         lora = f"; LoRA rank {m.lora.rank} on {sorted(self.peft.peft_config['default'].target_modules)}: " \
                f"{n_lora:,} trainable" if m.lora else ""
