@@ -38,10 +38,10 @@ LM_SPEC = """\
 name: lw-bench-decoder
 trainer: lm
 seed: 7
-model: {{arch: llama, n_layer: 2, n_head: 4, d_model: 64, max_seq_len: 128}}
+model: {{arch: llama, n_layer: {layers}, n_head: 4, d_model: {width}, max_seq_len: 128}}
 tokenizer: {{type: bpe, vocab_size: 1024}}
 data: {{path: {corpus}, val_fraction: 0.05}}
-train: {{max_steps: {steps}, batch_size: 8, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 10, log_every: 25, device: cpu}}
+train: {{max_steps: {steps}, batch_size: {batch}, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 10, log_every: 25, device: cpu}}
 eval: {{every: {steps}, batches: 4}}
 checkpoint: {{every: {steps}, keep_last: 1}}
 resources: {{cpus_per_task: 1}}
@@ -80,6 +80,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--squad", type=Path, default=SQUAD)
     ap.add_argument("--lm-steps", type=int, default=200)
+    ap.add_argument("--lm-width", type=int, default=64, help="the lm decoder's d_model")
+    ap.add_argument("--lm-layers", type=int, default=2)
+    ap.add_argument("--lm-batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100, help="latentwire steps per run")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
@@ -91,7 +94,8 @@ def main() -> int:
     results = args.keep or tmp / "results"
     results.mkdir(parents=True, exist_ok=True)
     (tmp / "corpus.txt").write_text(corpus(args.squad))
-    (tmp / "decoder.yaml").write_text(LM_SPEC.format(corpus=tmp / "corpus.txt", steps=args.lm_steps))
+    (tmp / "decoder.yaml").write_text(LM_SPEC.format(corpus=tmp / "corpus.txt", steps=args.lm_steps, width=args.lm_width,
+                                                      layers=args.lm_layers, batch=args.lm_batch))
     t0 = time.time()
     orch(results, "submit", str(tmp / "decoder.yaml"), "--wait")
     print(f"lm decoder: {args.lm_steps} steps in {time.time() - t0:.0f} s", flush=True)

@@ -73,7 +73,7 @@ def test_smoke_job_through_the_cli(orch, squad_sample: Path) -> None:  # type: i
 
 
 def test_two_stage_pipeline_lm_then_latentwire(orch, squad_sample: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Pretrain a tiny Llama with `lm` on SQuAD contexts, then train latentwire against its hf-final model."""
+    """Pretrain a tiny Llama with `lm` on SQuAD contexts, then train latentwire (with LoRA) against its hf-final model."""
     squad = json.loads(squad_sample.read_text())
     contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
     corpus = tmp_path / "contexts.txt"
@@ -93,8 +93,9 @@ resources: {{cpus_per_task: 2}}
     orch("submit", str(lm), "--wait", timeout=300)
     orch("submit", "jobs/latentwire_smoke.yaml", "--set", f"data.path={squad_sample}", *SMALL,
          "--set", "model.decoder=null", "--set", "model.decoder_config=null",
-         "--set", "model.decoder_from_run=lw-decoder", "--wait", timeout=300)
+         "--set", "model.decoder_from_run=lw-decoder", "--set", "model.lora.rank=4", "--wait", timeout=300)
     run = _run_dir(orch, "latentwire-smoke")
-    _assert_latentwire_outputs(run)
+    metrics = _assert_latentwire_outputs(run)
     log = (run / "logs" / "training.log").read_text()
     assert "decoder run lw-decoder" in log and "hf-final" in log
+    assert "LoRA rank 4 on ['q_proj', 'v_proj']" in log and metrics["lora"]["rank"] == 4

@@ -100,7 +100,7 @@ def build_tiny_decoder(tokenizer: Any, overrides: Optional[dict[str, Any]], seed
 
 def load_decoder(model_cfg: Any, tokenizer_cfg: Any, run_dir: Path, corpus: Any, seed: int, is_main: bool,
                  device: torch.device, spec_dir: Optional[Path] = None) -> tuple[nn.Module, Any, str]:
-    """(frozen decoder on `device`, its `TextTokenizer`, where it came from).
+    """(frozen decoder on `device` or placed by `model.device_map`, its `TextTokenizer`, where it came from).
 
     A tiny random decoder and its tokenizer (trained on `corpus()`, the training text) are saved in
     `<run>/decoder/` by the main process, which the others (and a resumed attempt) load: every
@@ -168,6 +168,7 @@ def lora_parameters(peft_model: Any) -> dict[str, nn.Parameter]:
 def input_device(decoder: nn.Module) -> torch.device:
     """Where the decoder's input embeddings live (the first device of a device_map)."""
     return decoder.get_input_embeddings().weight.device
+
 
 def embed_rms(decoder: nn.Module) -> float:
     """RMS of the decoder's input embedding vectors: the scale latents are calibrated to."""

@@ -185,7 +185,7 @@ class LatentWireTrainer(Trainer):
 
     def log_extras(self, record: dict[str, Any]) -> None:
         """First-token diversity over the global batch, the dominant predictions, the collapse alarm, GPU memory."""
-        ctx, ev = self.ctx, self.spec.eval
+        ctx = self.ctx
         if self._first_preds is not None:
             preds = ctx.accelerator.gather(self._first_preds) if ctx.world_size > 1 else self._first_preds
             counts = Counter(preds.cpu().tolist())
