@@ -150,7 +150,10 @@ def attach_lora(decoder: nn.Module, lora_cfg: Any) -> Any:
     `peft_model.get_base_model()` is `decoder` itself with the adapters in its layers, so calling the
     decoder applies them; `peft_model.disable_adapter()` switches them off (the frozen baseline).
     """
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("model.lora needs the peft package: pip install 'orch[lora]'") from None
 
     config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=lora_cfg.target_modules, bias="none", task_type="CAUSAL_LM")
