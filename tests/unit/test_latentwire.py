@@ -18,6 +18,7 @@ from orchestrator.record.tree import ResultsRoot
 from orchestrator.spec.schema import deep_merge, load_spec, spec_class_for, spec_to_yaml
 from trainers.latentwire.config import LatentWireModelSpec, LatentWireSpec
 
+ALL_MODES = ("text", "embeddings", "anchor", "adapter", "latent", "token_budget")
 WORDS = ("river castle duke army bishop harbor council treaty valley merchant knight village tower "
          "monastery battle crown island forest bridge market").split()
 
@@ -95,7 +96,7 @@ def test_decoder_stays_frozen_and_gradients_reach_the_encoder(trainer: Any) -> N
     grads = {n: p.grad for n, p in trainer.model.named_parameters()}
     assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
     assert all(torch.isfinite(g).all() for g in grads.values())
-    for name in ("proj_in.weight", "queries", "adapter.weight", "gain"):
+    for name in ("encoder.proj_in.weight", "encoder.queries", "encoder.adapter.weight", "encoder.gain"):
         assert grads[name].abs().sum() > 0, name
     assert all(p.grad is None for p in decoder.parameters())
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -109,7 +110,8 @@ def test_decoder_stays_frozen_and_gradients_reach_the_encoder(trainer: Any) -> N
     for k in before:
         assert torch.equal(before[k], after[k]), f"decoder weight {k} changed"
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, encoder_before[k])]
-    assert "queries" in changed and "proj_in.weight" in changed
+    assert "encoder.queries" in changed and "encoder.proj_in.weight" in changed
+    assert not decoder.training  # train mode only inside a step
 
 
 def test_diagnostics_and_collapse_alarm(trainer: Any) -> None:
@@ -125,10 +127,30 @@ def test_diagnostics_and_collapse_alarm(trainer: Any) -> None:
         trainer.spec.eval.collapse_min_diversity = 4
         trainer.spec.eval.collapse_patience = 50
     assert 1 <= record["prediction_diversity"] <= 4
-    assert record["top_predictions"] and sum(n for _, n in record["top_predictions"]) == 4
+    assert record["dominant_predictions"] and sum(n for _, n in record["dominant_predictions"]) <= 4
+    assert record["dominant_share"] == record["dominant_predictions"][0][1] / 4
     assert record["mode_collapse"] is True
     log = trainer.ctx.paths.training_log.read_text()
     assert "WARNING: mode collapse" in log
+
+
+def test_one_dominant_first_token_is_collapse_even_with_enough_distinct_ones(trainer: Any) -> None:
+    """Diversity alone passes at collapse (3 answers of a batch of 64 can differ): the dominant share tells."""
+    ev = trainer.spec.eval
+    trainer.step, trainer._collapse_since, trainer._collapse_warned = 300, None, False
+    record = {"prediction_diversity": 5, "dominant_share": 0.9, "batch_size_seen": 64,
+              "dominant_predictions": [["the", 58], ["a", 3]]}
+    old = (ev.collapse_min_diversity, ev.collapse_patience)
+    ev.collapse_min_diversity, ev.collapse_patience = 4, 1
+    try:
+        trainer._check_collapse(record)
+        assert record["mode_collapse"] is True
+        healthy = {**record, "dominant_share": 0.3}
+        trainer._check_collapse(healthy)
+        assert healthy["mode_collapse"] is False
+    finally:
+        ev.collapse_min_diversity, ev.collapse_patience = old
+    assert "the most frequent 90% of it" in trainer.ctx.paths.training_log.read_text()
 
 
 # ----------------------------------------------------------------------------- evaluation contracts
@@ -150,20 +172,21 @@ def test_embeddings_mode_equals_text_mode_at_temperature_zero(trainer: Any) -> N
 
 def test_evaluate_reports_every_mode(trainer: Any) -> None:
     metrics = trainer.evaluate(step=0)
-    for mode in ("text", "embeddings", "anchor", "latent", "token_budget"):
+    for mode in ALL_MODES:
         m = metrics[mode]
         for key in ("f1", "em", "first_token_acc", "first_token_top5_acc", "nll", "compression", "seconds",
-                    "prediction_diversity"):
+                    "prediction_diversity", "dominant_share", "dominant_predictions"):
             assert key in m, (mode, key)
         assert 0 <= m["f1"] <= 100 and 0 <= m["first_token_acc"] <= 1
     assert metrics["text_embeddings_agreement"] == 1.0
     assert metrics["text"]["compression"] == 1.0
     assert metrics["latent"]["compression"] > 1.0 and metrics["val_loss"] == metrics["latent"]["nll"]
+    assert metrics["adapter"]["compression"] == 1.0  # every context token: no bottleneck
     again = trainer.evaluate(step=1)
-    assert again["text"]["cached"] and not again["latent"]["cached"]
+    assert again["text"]["cached"] and not again["latent"]["cached"] and not again["adapter"]["cached"]
     lines = trainer.ctx.paths.predictions.read_text().splitlines()
     rows = [json.loads(x) for x in lines]
-    assert {r["mode"] for r in rows} == {"text", "embeddings", "anchor", "latent", "token_budget"}
+    assert {r["mode"] for r in rows} == set(ALL_MODES)
     assert set(rows[0]) == {"step", "id", "question", "gold_answers", "prediction", "mode"}
 
 
@@ -193,7 +216,8 @@ def test_spec_class_and_defaults(tmp_path: Path) -> None:
     s = r.spec
     assert isinstance(s, LatentWireSpec)
     assert s.model.latent_len == 32 and s.model.anchor == "Answer:" and s.model.adapter == "linear"
-    assert s.eval.modes == ["text", "embeddings", "anchor", "latent", "token_budget"] and s.eval.temperature == 0
+    assert s.eval.modes == list(ALL_MODES) and s.eval.temperature == 0
+    assert s.model.lora is None and not s.model.gradient_checkpointing and s.model.device_map is None
     assert s.loss.tf_weight == 1.0 and s.loss.kd_tau == 1.0
 
 
@@ -203,6 +227,10 @@ def test_spec_class_and_defaults(tmp_path: Path) -> None:
     ({"decoder": "some/hub-id", "decoder_config": {"hidden_size": 8}}, "decoder_config only applies"),
     ({"decoder": "x", "encoder_dim": 100, "encoder_heads": 8}, "divisible"),
     ({"decoder": "x", "anchor": "  "}, "anchor"),
+    ({"decoder": "x", "max_memory": {"cpu": "1GiB"}}, "max_memory only applies with device_map"),
+    ({"decoder": "x", "device_map": "auto", "max_memory": {"gpu0": "1GiB"}}, "expected a GPU index"),
+    ({"decoder_config": {"hidden_size": 16}, "chat_template": True}, "has no chat template"),
+    ({"decoder": "x", "lora": {"rank": 0}}, "greater than or equal to 1"),
 ])
 def test_model_section_errors(model: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -230,5 +258,15 @@ def test_unknown_keys_and_bad_values_are_spec_errors(tmp_path: Path) -> None:
         load_spec(p, overrides=["data.builtin=arith"])
     with pytest.raises(UserError, match="latentwire reads SQuAD: give exactly one of data.path"):
         load_spec(p, overrides=["data.hub=squad", "data.path=x.json"])
-    with pytest.raises(UserError, match="every supervised loss weight is 0"):
+    with pytest.raises(UserError, match="every supervised loss weight of the latent path is 0"):
         load_spec(p, overrides=["data.hub=squad", "loss.tf_weight=0", "loss.first_token_weight=0"])
+
+
+def test_device_map_needs_one_process_per_node(tmp_path: Path) -> None:
+    p = tmp_path / "lw.yaml"
+    p.write_text("name: x\ntrainer: latentwire\nmodel: {decoder: d, device_map: auto, max_memory: {0: 70GiB, cpu: 1GiB}}\n"
+                 "data: {hub: squad}\ntrain: {max_steps: 5}\nresources: {gpus_per_node: 4}\n")
+    with pytest.raises(UserError, match="one process per node"):
+        load_spec(p)
+    [r] = load_spec(p, overrides=["resources.procs_per_node=1"])
+    assert r.spec.model.max_memory == {0: "70GiB", "cpu": "1GiB"}

@@ -6,6 +6,11 @@ sample the next token) when it does not: gpt2 has no positions beyond its window
 and a RoPE model samples best from the context length it was trained on.
 Sampling runs under `torch.random.fork_rng`, so generating samples mid-training
 does not change the training run's random stream (exact resume stays exact).
+
+Generation stops at any of `stop_token_ids(model, tokenizer)`: the tokenizer's eos and the ids of
+the model's `generation_config.eos_token_id` (a list for Llama-3.1-Instruct: `<|end_of_text|>`,
+`<|eom_id|>`, `<|eot_id|>`). `decode_answer` cuts the ids at the first of them and decodes
+without special tokens, so " Paris<|end_of_text|> Question..." reads "Paris", not the whole tail.
 """
 
 from __future__ import annotations
@@ -15,6 +20,58 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, TextIO
 
 import torch
+
+# --------------------------------------------------------------------------- stop tokens
+
+
+def _special_ids(hf_tokenizer: Any) -> set[int]:
+    """Every id the HF tokenizer treats as special (named ones and added tokens marked special)."""
+    ids = set(getattr(hf_tokenizer, "all_special_ids", None) or [])
+    for i, token in (getattr(hf_tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(token, "special", False):
+            ids.add(int(i))
+    return ids
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids that end a generation: the tokenizer's eos, then the model's `generation_config.eos_token_id`.
+
+    `eos_token_id` may be one id or a list. A model id is taken only when the tokenizer knows it as a
+    special token: a config default (LlamaConfig's eos 2) must not cut the text of a char tokenizer,
+    for which id 2 is an ordinary character.
+    """
+    stops: list[int] = []
+    if tokenizer.eos_id is not None:
+        stops.append(int(tokenizer.eos_id))
+    hf = getattr(tokenizer, "hf", None)
+    config = getattr(model, "generation_config", None)
+    found = getattr(config, "eos_token_id", None) if config is not None else None
+    if hf is not None and found is not None:
+        special = _special_ids(hf)
+        for i in ([found] if isinstance(found, int) else list(found)):
+            if int(i) in special and int(i) not in stops:
+                stops.append(int(i))
+    return stops
+
+
+def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """`ids` up to (without) the first stop id."""
+    out = []
+    for i in ids:
+        if int(i) in stops:
+            break
+        out.append(int(i))
+    return out
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
+    """Generated ids as text: cut at the first stop id, decoded without special tokens."""
+    ids = cut_at_stop(ids, stops)
+    hf = getattr(tokenizer, "hf", None)
+    if hf is not None:
+        return hf.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode(ids)
+
 
 # --------------------------------------------------------------------------- batch generation
 
@@ -55,7 +112,7 @@ def _warpers(temperature: float, top_k: int | None, top_p: float | None) -> Any:
 @torch.no_grad()
 def _sample_loop(
     model: Any, ids: torch.Tensor, max_new_tokens: int, window: int, temperature: float,
-    top_k: int | None, top_p: float | None, eos_id: int | None,
+    top_k: int | None, top_p: float | None, stops: Sequence[int],
 ) -> torch.Tensor:
     """nanoGPT's generate: crop to the last `window` tokens, pick the next token, repeat."""
     warpers = _warpers(float(temperature), top_k, top_p) if temperature > 0 else None
@@ -68,7 +125,7 @@ def _sample_loop(
             probs = torch.softmax(warpers(context, logits), dim=-1)
             next_id = torch.multinomial(probs, num_samples=1)
         ids = torch.cat([ids, next_id], dim=1)
-        if eos_id is not None and int(next_id) == eos_id:
+        if int(next_id) in stops:
             break
     return ids
 
@@ -76,7 +133,7 @@ def _sample_loop(
 @torch.no_grad()
 def _hf_generate(
     model: Any, ids: torch.Tensor, max_new_tokens: int, temperature: float,
-    top_k: int | None, top_p: float | None, eos_id: int | None,
+    top_k: int | None, top_p: float | None, stops: Sequence[int],
 ) -> torch.Tensor:
     from transformers import GenerationConfig
 
@@ -86,8 +143,8 @@ def _hf_generate(
         options = {"do_sample": True, "temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0}
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id if eos_id is not None else 0,
+        eos_token_id=list(stops) or None,
+        pad_token_id=stops[0] if stops else 0,
         **options,
     )
     return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
@@ -119,6 +176,7 @@ def generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     window = context_window(model)
     device = _device_of(model)
+    stops = stop_token_ids(model, tokenizer)
     devices = [device] if device.type == "cuda" else []
     was_training = model.training
     model.eval()
@@ -130,13 +188,10 @@ def generate(
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed + i)
                 if use_hf_generate if use_hf_generate is not None else fits:
-                    out = _hf_generate(model, ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eos_id)
+                    out = _hf_generate(model, ids, max_new_tokens, temperature, top_k, top_p, stops)
                 else:
-                    out = _sample_loop(model, ids, max_new_tokens, window, temperature, top_k, top_p, tokenizer.eos_id)
-            new = out[0, ids.shape[1] :].tolist()
-            if tokenizer.eos_id is not None and tokenizer.eos_id in new:
-                new = new[: new.index(tokenizer.eos_id)]
-            outputs.append(tokenizer.decode(new))
+                    out = _sample_loop(model, ids, max_new_tokens, window, temperature, top_k, top_p, stops)
+            outputs.append(decode_answer(tokenizer, out[0, ids.shape[1] :].tolist(), stops))
     finally:
         model.train(was_training)
     return outputs

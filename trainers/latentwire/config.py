@@ -5,7 +5,9 @@ encoder compresses a SQuAD context into `model.latent_len` vectors in the decode
 space, and the frozen decoder answers the question from them. Besides the control plane's
 sections (`train`, `checkpoint`, `resources`, ...) a latentwire spec has:
 
-- `model:` (`LatentWireModelSpec`): which frozen decoder, the encoder and adapter, prompt limits.
+- `model:` (`LatentWireModelSpec`): which frozen decoder and where it is placed (one device, or
+  `device_map` over a node's GPUs), optional LoRA on it (`model.lora`), gradient checkpointing, the
+  encoder and adapter, prompt limits and an optional chat template.
 - `tokenizer:` (the `lm` trainer's `TokenizerSpec`): for the tiny random decoder, what to train.
 - `data:` (`SquadDataSpec`): a SQuAD JSON file or a hub dataset, and the subset sizes.
 - `loss:` (`LatentWireLossSpec`): one weight per objective, so a collapse fix is a `--set` away.
@@ -15,7 +17,7 @@ sections (`train`, `checkpoint`, `resources`, ...) a latentwire spec has:
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -24,8 +26,19 @@ from orchestrator.spec.sections import EvalSpec, Section, Spec
 from trainers.lm.config import TokenizerSpec
 
 TINY_RANDOM_DECODER = "tiny-random-llama"  # a Llama built from a config: offline smoke tests, no weights
-EVAL_MODES = ("text", "embeddings", "anchor", "latent", "token_budget")
-EvalMode = Literal["text", "embeddings", "anchor", "latent", "token_budget"]
+EVAL_MODES = ("text", "embeddings", "anchor", "adapter", "latent", "token_budget")
+EvalMode = Literal["text", "embeddings", "anchor", "adapter", "latent", "token_budget"]
+
+
+class LoraSpec(Section):
+    """LoRA on the frozen decoder (through `peft`): only these low-rank adapters train, beside the encoder."""
+
+    rank: int = Field(16, ge=1, description="r: the rank of each adapter")
+    alpha: float = Field(32.0, gt=0, description="scaling: the update is (alpha / rank) * B A x")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapters' input")
+    target_modules: Optional[list[str]] = Field(
+        None, description="module names to adapt (q_proj, k_proj, v_proj, o_proj, ...); "
+                          "null: peft's default for the architecture")
 
 
 class LatentWireModelSpec(Section):
@@ -53,6 +66,17 @@ class LatentWireModelSpec(Section):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="decoder weights: auto = bf16 on GPU, fp32 on CPU")
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    lora: Optional[LoraSpec] = Field(None, description="LoRA adapters on the decoder (null: the decoder stays as is)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the decoder's activations in the backward pass (memory for time)")
+    device_map: Optional[Literal["auto", "balanced", "balanced_low_0", "sequential"]] = Field(
+        None, description="spread a decoder too big for one device over the node's devices (transformers/accelerate "
+                          "device_map); needs one process per node (resources.procs_per_node: 1)")
+    max_memory: Optional[dict[Union[int, str], str]] = Field(
+        None, description="device_map: the most memory per device, {0: 70GiB, 1: 70GiB, cpu: 200GiB}")
+    chat_template: bool = Field(
+        False, description="wrap each prompt in the tokenizer's chat template (Instruct decoders): the prompt is the "
+                           "user turn, the answer follows the assistant header")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +100,14 @@ class LatentWireModelSpec(Section):
             raise ValueError(f"encoder_dim ({self.encoder_dim}) must be divisible by encoder_heads ({self.encoder_heads})")
         if not self.anchor.strip():
             raise ValueError("anchor must not be empty (the decoder needs a cue to answer)")
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("max_memory only applies with device_map (auto, balanced, ...)")
+        for key in self.max_memory or {}:
+            if not (isinstance(key, int) or key.isdigit() or key in ("cpu", "disk", "mps")):
+                raise ValueError(f"max_memory key {key!r}: expected a GPU index (0, 1, ...), cpu, disk or mps")
+        if self.chat_template and self.decoder == TINY_RANDOM_DECODER:
+            raise ValueError(f"chat_template: the {TINY_RANDOM_DECODER} decoder's trained BPE has no chat template "
+                             "(use an Instruct decoder's folder or hub id)")
         return self
 
 
@@ -91,11 +123,14 @@ class LatentWireLossSpec(Section):
     kd_first_k: int = Field(4, ge=1, description="distil the first k answer positions")
     kd_topk: Optional[int] = Field(None, ge=1, description="distil only the teacher's top-k tokens (null: whole vocab)")
     entropy_weight: float = Field(0.0, ge=0, description="reward entropy of the batch's mean first-token distribution")
+    adapter_weight: float = Field(0.0, ge=0, description="teacher-forced CE of the uncompressed path (`adapter` mode: "
+                                                         "every context token through the encoder and adapter)")
 
     @model_validator(mode="after")
     def _something(self) -> "LatentWireLossSpec":
         if not any((self.tf_weight, self.first_token_weight, self.kce_weight, self.kd_weight)):
-            raise ValueError("every supervised loss weight is 0: set tf_weight, first_token_weight, kce_weight or kd_weight")
+            raise ValueError("every supervised loss weight of the latent path is 0: set tf_weight, first_token_weight, "
+                             "kce_weight or kd_weight")
         return self
 
 
@@ -124,12 +159,14 @@ class LatentWireEvalSpec(EvalSpec):
 
     batch_size: Optional[int] = Field(None, ge=1, description="default: train.batch_size")
     modes: list[EvalMode] = Field(default_factory=lambda: list(EVAL_MODES),
-                                  description="text, embeddings, anchor, latent, token_budget")
+                                  description="text, embeddings, anchor, adapter, latent, token_budget")
     max_new_tokens: int = Field(12, ge=1)
     temperature: float = Field(0.0, ge=0, description="0: greedy (what F1/EM are reported with)")
     top_k: Optional[int] = Field(200, ge=1, description="sampling (temperature > 0) only")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="sampling (temperature > 0) only")
     collapse_min_diversity: int = Field(4, ge=1, description="fewer unique first tokens per batch than this is collapse")
+    collapse_max_share: float = Field(
+        0.5, gt=0, le=1, description="one first token predicted for more than this share of the batch is collapse too")
     collapse_patience: int = Field(50, ge=1, description="steps of collapse before the warning")
 
     @model_validator(mode="after")
@@ -151,6 +188,14 @@ class LatentWireSpec(Spec):
     loss: LatentWireLossSpec = Field(default_factory=LatentWireLossSpec)
     eval: LatentWireEvalSpec = Field(default_factory=LatentWireEvalSpec)  # type: ignore[assignment]
 
+    @model_validator(mode="after")
+    def _placement(self) -> "LatentWireSpec":
+        if self.model.device_map and self.resources.processes_per_node > 1:
+            raise ValueError(f"model.device_map spreads one decoder over the node's devices, so it needs one process "
+                             f"per node; resources asks for {self.resources.processes_per_node}: set "
+                             "resources.procs_per_node: 1 (the encoder stays data-parallel over nodes)")
+        return self
+
 
 TRAINER = TrainerInfo(
     name="latentwire",
@@ -159,7 +204,8 @@ TRAINER = TrainerInfo(
     description="compressed contexts for a frozen LLM: an encoder's latents read through inputs_embeds",
     # per-mode sections (text.f1, latent.first_token_acc, ...) in metrics.json; the rest per log/eval step
     metrics=("loss", "lr", "grad_norm", "tf_loss", "first_loss", "kce_loss", "kd_loss", "entropy", "first_acc",
-             "first_acc_top5", "val_loss", *EVAL_MODES, "text_embeddings_agreement", "latent_len"),
+             "first_acc_top5", "adapter_loss", "val_loss", "prediction_diversity", "dominant_share",
+             "dominant_predictions", *EVAL_MODES, "text_embeddings_agreement", "latent_len"),
     paths=("data.path",),
     paths_or_ids=("tokenizer.name_or_path", "model.decoder"),
 )

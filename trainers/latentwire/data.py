@@ -13,11 +13,14 @@ the same spec always trains and evaluates on the same questions.
 
 Each prompt is assembled from separately tokenized pieces so that every evaluation mode shares
 exactly the same question, anchor and answer ids and differs only in how the context arrives.
+With `model.chat_template: true` the tokenizer's chat template wraps every prompt: the pieces
+before and after the user message (Llama-3.1: the begin-of-text, header and end-of-turn tokens,
+then the assistant header) replace the bare bos, and the answer follows the assistant header.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,12 +107,13 @@ class Example:
 
 @dataclass
 class PromptPieces:
-    """The token ids every example shares."""
+    """The token ids every example shares: a prompt is bos + <context> + question (+ anchor) + end."""
 
-    bos: list[int]  # [bos] or [] when the tokenizer has none
+    bos: list[int]  # [bos] ([] when the tokenizer has none), or the chat template up to the user message
     context_label: list[int]  # "Context:"
     anchor: list[int]  # "\nAnswer:"
     eos: Optional[int]
+    end: list[int] = field(default_factory=list)  # the chat template after the user message (the assistant header)
 
 
 def special_ids(tokenizer: Any) -> tuple[Optional[int], Optional[int]]:
@@ -119,10 +123,27 @@ def special_ids(tokenizer: Any) -> tuple[Optional[int], Optional[int]]:
     return bos, tokenizer.eos_id
 
 
+_USER = "\x00user-message\x00"  # a placeholder no template produces by itself
+
+
+def chat_wrapper(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the user message in the tokenizer's chat template, generation prompt included."""
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None or not getattr(hf, "chat_template", None):
+        raise ValueError("model.chat_template: true, but the decoder's tokenizer has no chat template "
+                         "(Instruct decoders ship one in tokenizer_config.json); set model.chat_template: false")
+    text = hf.apply_chat_template([{"role": "user", "content": _USER}], tokenize=False, add_generation_prompt=True)
+    if text.count(_USER) != 1:
+        raise ValueError("the tokenizer's chat template does not place the user message exactly once")
+    before, after = text.split(_USER)
+    return tokenizer.encode(before), tokenizer.encode(after)
+
+
 def prompt_pieces(tokenizer: Any, model_cfg: Any) -> PromptPieces:
     bos, eos = special_ids(tokenizer)
-    return PromptPieces(bos=[bos] if bos is not None else [], context_label=tokenizer.encode(CONTEXT_LABEL),
-                        anchor=tokenizer.encode("\n" + model_cfg.anchor), eos=eos)
+    start, end = chat_wrapper(tokenizer) if model_cfg.chat_template else ([bos] if bos is not None else [], [])
+    return PromptPieces(bos=start, context_label=tokenizer.encode(CONTEXT_LABEL),
+                        anchor=tokenizer.encode("\n" + model_cfg.anchor), eos=eos, end=end)
 
 
 def encode_examples(ds: Any, tokenizer: Any, model_cfg: Any) -> list[Example]:

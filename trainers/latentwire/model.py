@@ -1,11 +1,17 @@
 """The `latentwire` model: a frozen decoder, the trained encoder + adapter, and prompt assembly.
 
 - `load_decoder`: any `AutoModelForCausalLM` (a folder, a hub id, the `ckpt/hf-final/model` of an
-  `lm` run, or a tiny random Llama built from a config), frozen: no gradients, eval mode, bf16 on GPU.
+  `lm` run, or a tiny random Llama built from a config), frozen: no gradients, its dropout off, bf16
+  on GPU; on one device, or spread over the node's devices with `model.device_map` (+ `max_memory`).
+- `attach_lora`: `peft` LoRA adapters on the frozen decoder (`model.lora`); the base weights stay as
+  they are, only the adapters train. `TrainedParts` holds what trains (the encoder + adapter and the
+  LoRA weights, the same Parameter objects the decoder uses), so one state dict checkpoints both.
 - `LatentEncoder`: a small transformer over the context's token embeddings (the decoder's own
   embedding table, frozen), K learned queries that read it (Perceiver-style cross-attention), and
   an adapter into the decoder's embedding width. The output is rescaled to the RMS of the decoder's
-  input embeddings: a frozen LM only understands inputs at the scale it was trained on.
+  input embeddings: a frozen LM only understands inputs at the scale it was trained on. Without
+  the queries (`uncompressed`), every context position goes through the same norm and adapter:
+  the `adapter` evaluation mode, one vector per context token.
 - `assemble` / `answer_logits` / `generate`: prompts are lists of embedding segments per example
   ([bos] + latents + question + anchor, or the text prompt's own embeddings), padded into one batch.
 """
@@ -35,8 +41,18 @@ def decoder_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def freeze(decoder: nn.Module) -> nn.Module:
-    """No gradients to the decoder's weights and no dropout: it is a fixed function of its inputs."""
+    """No gradients to the decoder's weights and no dropout: it is a fixed function of its inputs.
+
+    Dropout is switched off in the modules themselves (nn.Dropout and the attention's own rate), not
+    only by eval mode: training puts the decoder in train mode, which gradient checkpointing and
+    LoRA's dropout need, and the frozen part must still compute the same function then.
+    """
     decoder.requires_grad_(False)
+    for module in decoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
     return decoder.eval()
 
 
@@ -84,7 +100,7 @@ def build_tiny_decoder(tokenizer: Any, overrides: Optional[dict[str, Any]], seed
 
 def load_decoder(model_cfg: Any, tokenizer_cfg: Any, run_dir: Path, corpus: Any, seed: int, is_main: bool,
                  device: torch.device, spec_dir: Optional[Path] = None) -> tuple[nn.Module, Any, str]:
-    """(frozen decoder on `device`, its `TextTokenizer`, where it came from).
+    """(frozen decoder on `device` or placed by `model.device_map`, its `TextTokenizer`, where it came from).
 
     A tiny random decoder and its tokenizer (trained on `corpus()`, the training text) are saved in
     `<run>/decoder/` by the main process, which the others (and a resumed attempt) load: every
@@ -95,7 +111,11 @@ def load_decoder(model_cfg: Any, tokenizer_cfg: Any, run_dir: Path, corpus: Any,
     from trainers.lm.tokenization import build_tokenizer, load_pretrained, load_tokenizer
 
     dtype = decoder_dtype(model_cfg.dtype, device)
-    kwargs = dict(dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+    kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+    if model_cfg.device_map:  # accelerate places the layers over the node's devices (within max_memory)
+        kwargs["device_map"] = model_cfg.device_map
+        if model_cfg.max_memory:
+            kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in model_cfg.max_memory.items()}
     if model_cfg.decoder_from_run:
         folder = decoder_from_run(model_cfg.decoder_from_run, run_dir)
         source, tokenizer = f"run {model_cfg.decoder_from_run} ({folder})", load_tokenizer(folder)
@@ -117,7 +137,40 @@ def load_decoder(model_cfg: Any, tokenizer_cfg: Any, run_dir: Path, corpus: Any,
             name = str((spec_dir / name).resolve())  # a folder relative to the spec file
         source, tokenizer = name, load_pretrained(name)
         decoder = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    return freeze(decoder.to(device)), tokenizer, source
+    if not model_cfg.device_map:
+        decoder = decoder.to(device)
+    if model_cfg.gradient_checkpointing:  # active in train mode only (the training step's forward)
+        decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return freeze(decoder), tokenizer, source
+
+
+def attach_lora(decoder: nn.Module, lora_cfg: Any) -> Any:
+    """The `peft` model holding LoRA adapters injected into `decoder` (whose own weights stay frozen).
+
+    `peft_model.get_base_model()` is `decoder` itself with the adapters in its layers, so calling the
+    decoder applies them; `peft_model.disable_adapter()` switches them off (the frozen baseline).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("model.lora needs the peft package: pip install 'orch[lora]'") from None
+
+    config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=lora_cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(decoder, config)
+    except ValueError as exc:  # peft: no default target modules for this architecture, or a name not found
+        raise ValueError(f"model.lora: {exc}") from None
+
+
+def lora_parameters(peft_model: Any) -> dict[str, nn.Parameter]:
+    """The trainable LoRA weights by name (peft marks only those as requiring gradients)."""
+    return {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def input_device(decoder: nn.Module) -> torch.device:
+    """Where the decoder's input embeddings live (the first device of a device_map)."""
+    return decoder.get_input_embeddings().weight.device
 
 
 def embed_rms(decoder: nn.Module) -> float:
@@ -127,6 +180,23 @@ def embed_rms(decoder: nn.Module) -> float:
 
 
 # ----------------------------------------------------------------------------- the trained part
+class TrainedParts(nn.Module):
+    """Everything that trains: the encoder + adapter, and the decoder's LoRA weights when there are any.
+
+    `lora` registers the very Parameter objects peft put into the decoder (names with "." as "/"),
+    so the optimizer, DDP's gradient averaging, gradient clipping and the checkpoints (model/ holds
+    this state dict) cover them with the encoder; loading a checkpoint writes them into the decoder.
+    """
+
+    def __init__(self, encoder: nn.Module, lora: Optional[dict[str, nn.Parameter]] = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.lora = nn.ParameterDict({name.replace(".", "/"): p for name, p in (lora or {}).items()})
+
+    def forward(self, context_embeds: torch.Tensor, context_mask: torch.Tensor, uncompressed: bool = False) -> Any:
+        return self.encoder(context_embeds, context_mask, uncompressed)
+
+
 def build_adapter(kind: str, d_in: int, d_out: int) -> nn.Module:
     """Encoder width -> decoder embedding width."""
     if kind == "none":
@@ -157,23 +227,36 @@ class LatentEncoder(nn.Module):
         self.register_buffer("target_rms", torch.tensor(float(target_rms)))
         self.gain = nn.Parameter(torch.ones(()))
 
-    def forward(self, context_embeds: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """`context_mask`: True at real tokens (right padding)."""
+    def _to_decoder(self, h: torch.Tensor) -> torch.Tensor:
+        """Encoder states -> decoder input vectors: norm, adapter, rescaled to the decoder's embedding RMS."""
+        z = self.adapter(self.norm(h))
+        z = z * torch.rsqrt(z.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6).to(z.dtype)
+        return z * (self.target_rms * self.gain)
+
+    def forward(self, context_embeds: torch.Tensor, context_mask: torch.Tensor, uncompressed: bool = False) -> Any:
+        """K latents (B, K, d); with `uncompressed`, also one vector per context position (B, T, d).
+
+        `context_mask`: True at real tokens (right padding). The uncompressed vectors skip the K
+        queries: each context position's encoder state goes through the same norm and adapter.
+        """
         x = context_embeds.to(self.proj_in.weight.dtype)
         positions = torch.arange(x.size(1), device=x.device)
         h = self.proj_in(x) + self.pos(positions)
         pad = ~context_mask
         h = self.context(h, src_key_padding_mask=pad)
         q = self.queries.unsqueeze(0).expand(x.size(0), -1, -1)
-        z = self.adapter(self.norm(self.reader(q, h, memory_key_padding_mask=pad)))
-        z = z * torch.rsqrt(z.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6).to(z.dtype)
-        return z * (self.target_rms * self.gain)
+        z = self._to_decoder(self.reader(q, h, memory_key_padding_mask=pad))
+        return (z, self._to_decoder(h)) if uncompressed else z
 
 
 # ----------------------------------------------------------------------------- prompts as embeddings
 def embed_ids(decoder: nn.Module, ids: Sequence[int], device: torch.device) -> torch.Tensor:
-    """(n, d) input embeddings of token ids (the decoder's own table: exactly what input_ids would give)."""
-    return decoder.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long, device=device))
+    """(n, d) input embeddings of token ids (the decoder's own table: exactly what input_ids would give).
+
+    They are computed where the table is (`device` unless a device_map put it elsewhere).
+    """
+    table = decoder.get_input_embeddings()
+    return table(torch.tensor(list(ids), dtype=torch.long, device=table.weight.device))
 
 
 def pad_ids(rows: Sequence[Sequence[int]], pad: int, device: torch.device, left: bool = False
@@ -221,8 +304,8 @@ def answer_logits(decoder: nn.Module, prefixes: Sequence[Sequence[torch.Tensor]]
         index[i, : len(a)] = torch.arange(start, start + len(a))
         targets[i, : len(a)] = torch.tensor(list(a), dtype=torch.long)
     index = index.to(device)
-    picked = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-    return decoder.get_output_embeddings()(picked), targets.to(device)
+    picked = hidden.gather(1, index.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+    return decoder.get_output_embeddings()(picked).to(device), targets.to(device)  # a device_map's last device
 
 
 def masked_ce(logits: torch.Tensor, targets: torch.Tensor, first: Optional[int] = None) -> torch.Tensor:
@@ -254,11 +337,14 @@ def marginal_entropy(first_logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(decoder: nn.Module, *, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
-             attention_mask: torch.Tensor, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
+             attention_mask: torch.Tensor, max_new_tokens: int, stops: Sequence[int], pad_id: int,
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
-    """New token ids (B, <= max_new_tokens) from left-padded ids or embeddings, through HF `generate`."""
+    """New token ids (B, <= max_new_tokens) from left-padded ids or embeddings, through HF `generate`.
+
+    `stops`: every id that ends an answer (`trainers.framework.generation.stop_token_ids`).
+    """
     sample = temperature > 0
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=eos_id,
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=list(stops) or None,
                                   pad_token_id=pad_id, attention_mask=attention_mask.long())
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
