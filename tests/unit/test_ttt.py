@@ -113,5 +113,6 @@ def test_causal_lm_trains_saves_loads_and_generates(tmp_path) -> None:
     model.eval()
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
-    out = loaded.generate(ids[:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = loaded.generate(input_ids=ids[:1, :5], attention_mask=torch.ones_like(ids[:1, :5]), max_new_tokens=6,
+                          do_sample=False, pad_token_id=0)
     assert out.shape[1] <= 11 and torch.equal(out[0, :5], ids[0, :5])

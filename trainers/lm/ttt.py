@@ -340,12 +340,15 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs: Any) -> dict[str, Any]:
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
+                                      **kwargs: Any) -> dict[str, Any]:
         return {"input_ids": input_ids}  # no cache: the whole sequence again at every step
 
-    def forward(self, input_ids: Optional[torch.LongTensor] = None, labels: Optional[torch.LongTensor] = None,
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.LongTensor] = None,
                 inputs_embeds: Optional[torch.Tensor] = None, output_hidden_states: Optional[bool] = None,
                 **kwargs: Any) -> CausalLMOutputWithPast:
+        """`attention_mask` is accepted for generate()'s sake and ignored: the trainer never pads."""
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
