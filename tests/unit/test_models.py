@@ -220,3 +220,11 @@ def test_ttt_is_built_from_the_spec():
         ("ttt", 16, 2, 32, 8)
     assert supports_length_extrapolation(model)[0]
     assert model(input_ids=torch.randint(0, V, (1, 320))).logits.shape == (1, 320, V)  # 20x the window
+
+
+def test_gpt2_takes_model_config_keys_too():
+    model = build_model(ModelSpec(arch="gpt2", n_head=2, d_model=16, max_seq_len=8,
+                                  config={"activation_function": "relu"}), V)
+    assert model.config.activation_function == "relu"
+    with pytest.raises(ValueError, match="GPT2Config has no key 'activation_fn'"):
+        build_model(ModelSpec(arch="gpt2", n_head=2, d_model=16, config={"activation_fn": "relu"}), V)

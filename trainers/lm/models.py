@@ -69,8 +69,6 @@ def accepted_keys(config_class: type) -> set[str]:
 def config_kwargs(config_class: type, model_cfg: Any, vocab_size: int, *, eos_id: int | None,
                   length_multiples: Sequence[int] | None) -> dict[str, Any]:
     """The spec's sizes under `config_class`'s own key names, then `model.config` on top (unknown keys: ValueError)."""
-    import difflib
-
     accepted, named = accepted_keys(config_class), constructor_keys(config_class)
     d_model, n_head = int(_opt(model_cfg, "d_model", 128)), int(_opt(model_cfg, "n_head", 4))
     values = {
@@ -99,14 +97,22 @@ def config_kwargs(config_class: type, model_cfg: Any, vocab_size: int, *, eos_id
         out["sliding_window"] = int(window)
         if "use_sliding_window" in named:
             out["use_sliding_window"] = True
+    out.update(extra_config(config_class, model_cfg, accepted))
+    return out
+
+
+def extra_config(config_class: type, model_cfg: Any, accepted: set[str] | None = None) -> dict[str, Any]:
+    """`model.config`, every key checked against `config_class` (a ValueError naming the nearest key)."""
+    import difflib
+
+    accepted = accepted if accepted is not None else accepted_keys(config_class)
     extra = dict(_opt(model_cfg, "config") or {})
     unknown = sorted(k for k in extra if k not in accepted)
     if unknown:
         hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, accepted, n=1))
                             else "") for k in unknown]
         raise ValueError(f"model.config: {config_class.__name__} has no key {', '.join(hints)}")
-    out.update(extra)
-    return out
+    return extra
 
 
 def import_model_class(path: str) -> type:
@@ -167,7 +173,7 @@ def build_config(
             n_inner=int(_opt(model_cfg, "d_ff") or 4 * d_model), resid_pdrop=dropout, embd_pdrop=dropout,
             attn_pdrop=dropout, vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
             tie_word_embeddings=bool(_opt(model_cfg, "tie_embeddings", True)),
-            **dict(_opt(model_cfg, "config") or {}),
+            **extra_config(GPT2Config, model_cfg),
         )
     else:
         config_class = config_class_for(arch)
