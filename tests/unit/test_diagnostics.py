@@ -91,13 +91,45 @@ def test_estimate_loss_can_return_final_hidden_states():
 
 
 def test_lengths_beyond_gpt2_positions_are_reported_unsupported():
-    results = evaluate_lengths(_model("gpt2"), VAL, window=16, multiples=[1, 2, 10], batch_size=8, n_batches=2, device="cpu")
+    results = evaluate_lengths(_model("gpt2"), VAL, window=16, multiples=[1, 2, 10], batch_size=8, device="cpu", n_windows=4)
     assert isinstance(results["val_ppl@1x"], float) and results["val_ppl@1x"] > 1.0
     for key in ("val_ppl@2x", "val_ppl@10x"):
         assert results[key].startswith("unsupported:") and "learned absolute position embeddings" in results[key]
 
 
 def test_rope_model_is_evaluated_at_every_multiple_unless_validation_is_too_short():
-    results = evaluate_lengths(_model("llama"), VAL, window=16, multiples=[1, 2, 10, 400], batch_size=8, n_batches=2, device="cpu")
+    results = evaluate_lengths(_model("llama"), VAL, window=16, multiples=[1, 2, 10, 400], batch_size=8, device="cpu", n_windows=4)
     assert all(isinstance(results[f"val_ppl@{m}x"], float) for m in (1, 2, 10))
     assert results["val_ppl@400x"].startswith("unsupported: the validation split has 5000 tokens")
+
+
+def independent_length_ppl(model: torch.nn.Module, tokens: np.ndarray, window: int, m: int,
+                           n_windows: int | None = None) -> tuple[float, float]:
+    """(perplexity over all positions, over positions >= window) of consecutive m x window windows, one by one."""
+    length = window * m
+    n = (len(tokens) - 1) // length if n_windows is None else n_windows
+    all_nll, beyond_nll, all_n, beyond_n = 0.0, 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(n):
+            seq = torch.tensor(tokens[i * length : (i + 1) * length + 1].astype(np.int64))
+            logp = torch.log_softmax(model(input_ids=seq[None, :-1]).logits[0].double(), dim=-1)
+            nll = -logp[torch.arange(length), seq[1:]]
+            all_nll, all_n = all_nll + nll.sum().item(), all_n + length
+            beyond_nll, beyond_n = beyond_nll + nll[window:].sum().item(), beyond_n + length - window
+    return math.exp(all_nll / all_n), (math.exp(beyond_nll / beyond_n) if beyond_n else float("nan"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "ttt"])
+def test_length_perplexity_covers_the_whole_split_and_the_positions_beyond_the_window(arch: str):
+    model = _model(arch).eval()
+    tokens = VAL[:1500]  # 93, 46 and 23 windows at 1x, 2x and 4x of 16 tokens, the last partial ones dropped
+    results = evaluate_lengths(model, tokens, window=16, multiples=[1, 2, 4], batch_size=8, device="cpu")
+    assert "val_ppl@1x_beyond" not in results  # at 1x no position is past the window
+    for m in (1, 2, 4):
+        ppl, beyond = independent_length_ppl(model, tokens, 16, m)
+        assert results[f"val_ppl@{m}x"] == pytest.approx(ppl, rel=1e-5)
+        if m > 1:
+            assert results[f"val_ppl@{m}x_beyond"] == pytest.approx(beyond, rel=1e-5)
+    capped = evaluate_lengths(model, tokens, window=16, multiples=[2], batch_size=3, device="cpu", n_windows=5)
+    ppl, beyond = independent_length_ppl(model, tokens, 16, 2, n_windows=5)
+    assert capped == pytest.approx({"val_ppl@2x": ppl, "val_ppl@2x_beyond": beyond}, rel=1e-5)

@@ -32,3 +32,13 @@ def test_orchestrator_never_imports_torch(tmp_path: Path) -> None:
             "print('torch' in sys.modules)\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_lm_arch_validation_imports_neither_torch_nor_transformers() -> None:
+    """`model.arch` is checked against transformers' model types at submit by reading its table, not importing it."""
+    code = ("import sys\nfrom trainers.lm.config import ModelSpec\n"
+            "ModelSpec(arch='qwen2'); ModelSpec(arch='ttt')\n"
+            "try:\n    ModelSpec(arch='qwen22')\nexcept ValueError as e:\n    assert \"did you mean 'qwen2'\" in str(e)\n"
+            "print(sorted({'torch', 'transformers'} & {m.split('.')[0] for m in sys.modules}))\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"

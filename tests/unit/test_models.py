@@ -141,4 +141,90 @@ def test_peak_flops_table_by_device_name():
 
 def test_unknown_arch_is_rejected():
     with pytest.raises(ValueError, match="unknown model.arch"):
-        build_model({"arch": "rwkv", "n_head": 2, "d_model": 16}, V)
+        build_model({"arch": "gpt5x", "n_head": 2, "d_model": 16}, V)
+    with pytest.raises(ValueError, match="did you mean 'qwen2'"):
+        ModelSpec(arch="qwen22")
+
+
+def test_an_arch_without_sdpa_falls_back_to_eager_attention():
+    model = build_model({"arch": "rwkv", "n_layer": 2, "n_head": 2, "d_model": 16, "max_seq_len": 8}, V)
+    assert model.config.model_type == "rwkv" and model(input_ids=torch.randint(0, V, (1, 8))).logits.shape == (1, 8, V)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt_neox", "phi", "olmo", "qwen3"])
+def test_transformers_model_types_are_sized_from_the_spec(arch: str):
+    spec = ModelSpec(arch=arch, n_layer=2, n_head=4, n_kv_head=2 if arch != "gpt_neox" else None, d_model=32,
+                     d_ff=48, max_seq_len=16, dropout=0.1)
+    model = build_model(spec, V, eos_id=3, length_multiples=[1, 4])
+    c = model.config
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == \
+        (arch, 32, 2, 4, 48)
+    assert c.max_position_embeddings == 64 and c.train_seq_len == 16 and c.eos_token_id == 3
+    assert c.attention_dropout == 0.1
+    if arch != "gpt_neox":
+        assert c.num_key_value_heads == 2
+    if arch == "qwen3":  # its own default head_dim (128) would not follow d_model / n_head
+        assert c.head_dim == 8
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model(input_ids=torch.randint(0, V, (2, 16))).logits.shape == (2, 16, V)
+    ok, why = supports_length_extrapolation(model)
+    assert ok and "RoPE" in why
+
+
+def test_model_config_passes_arch_specific_keys_and_rejects_unknown_ones():
+    spec = ModelSpec(arch="deepseek_v3", n_layer=2, n_head=2, d_model=32, d_ff=64, max_seq_len=16,
+                     config={"n_routed_experts": 4, "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1,
+                             "moe_intermediate_size": 16, "first_k_dense_replace": 1, "q_lora_rank": 16,
+                             "kv_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8})
+    model = build_model(spec, V)
+    assert model.config.n_routed_experts == 4 and model.config.kv_lora_rank == 8
+    assert len(model.model.layers[1].mlp.experts.gate_up_proj) == 4  # layer 1 is a mixture of 4 experts
+    assert model(input_ids=torch.randint(0, V, (1, 16))).logits.shape == (1, 16, V)
+    with pytest.raises(ValueError, match=r"Qwen2Config has no key 'rope_thetta' \(did you mean 'rope_theta'\?\)|"
+                                         r"Qwen2Config has no key 'rope_thetta'"):
+        build_model(ModelSpec(arch="qwen2", n_head=2, d_model=16, config={"rope_thetta": 1e4}), V)
+
+
+def test_sliding_window_goes_to_any_config_that_has_one():
+    model = build_model(ModelSpec(arch="qwen2", n_head=2, d_model=16, max_seq_len=16, sliding_window=4), V)
+    assert model.config.sliding_window == 4 and model.config.use_sliding_window is True
+    with pytest.raises(ValueError, match="PhiConfig has no sliding_window"):
+        build_model(ModelSpec(arch="phi", n_head=2, d_model=16, sliding_window=4), V)
+    with pytest.raises(ValueError, match="arch llama has no sliding-window attention"):
+        ModelSpec(arch="llama", sliding_window=4)
+
+
+def test_a_user_model_class_is_built_from_its_config_class_and_loads_back(tmp_path: Path):
+    from trainers.lm.models import load_pretrained
+
+    spec = ModelSpec(arch="tests.fixtures.user_model:TinyCausalLM", n_layer=2, n_head=2, d_model=16, d_ff=24,
+                     max_seq_len=8, config={"activation": "relu"})
+    model = build_model(spec, V)
+    assert type(model).__name__ == "TinyCausalLM"
+    assert (model.config.dim, model.config.layers, model.config.ffn, model.config.activation) == (16, 2, 24, "relu")
+    ids = torch.randint(0, V, (2, 8))
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_pretrained(str(tmp_path / "m"))
+    assert type(loaded).__name__ == "TinyCausalLM"
+    assert torch.equal(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="not a transformers PreTrainedModel"):
+        build_model(ModelSpec(arch="tests.fixtures.user_model:not_a_model"), V)
+
+
+def test_ttt_is_built_from_the_spec():
+    spec = ModelSpec(arch="ttt", n_layer=2, n_head=2, d_model=16, d_ff=32, max_seq_len=16,
+                     config={"mini_batch_size": 8, "ttt_layer_type": "mlp"})
+    model = build_model(spec, V, length_multiples=[20])
+    c = model.config
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.mini_batch_size) == \
+        ("ttt", 16, 2, 32, 8)
+    assert supports_length_extrapolation(model)[0]
+    assert model(input_ids=torch.randint(0, V, (1, 320))).logits.shape == (1, 320, V)  # 20x the window
+
+
+def test_gpt2_takes_model_config_keys_too():
+    model = build_model(ModelSpec(arch="gpt2", n_head=2, d_model=16, max_seq_len=8,
+                                  config={"activation_function": "relu"}), V)
+    assert model.config.activation_function == "relu"
+    with pytest.raises(ValueError, match="GPT2Config has no key 'activation_fn'"):
+        build_model(ModelSpec(arch="gpt2", n_head=2, d_model=16, config={"activation_fn": "relu"}), V)

@@ -116,12 +116,11 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
 def load_for_generation(run_dir: Path, step: Optional[int] = None, best: bool = False,
                         device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, Checkpoint]:
     """(model in eval mode on `device`, the run's tokenizer, which checkpoint) for `orch generate`."""
-    from transformers import AutoModelForCausalLM
-
+    from trainers.lm.models import load_pretrained
     from trainers.lm.tokenization import load_tokenizer
 
     info = ck.find(run_dir, step=step, best=best)
-    model = AutoModelForCausalLM.from_pretrained(str(info.model_dir)).to(device).eval()
+    model = load_pretrained(str(info.model_dir)).to(device).eval()
     return model, load_tokenizer(info.model_dir), info
 
 

@@ -2,7 +2,8 @@
 
 - effective rank of the final hidden states (representation collapse shows as a falling rank),
 - prediction diversity (mode collapse: the model predicts the same few tokens everywhere),
-- perplexity at multiples of the training window (length generalization),
+- perplexity at multiples of the training window over the whole validation split, over all
+  positions and over the positions past the training window (length generalization),
 - validation loss on fixed batches.
 """
 
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.lm.data import iter_eval_batches
 from trainers.lm.models import max_sequence_length, supports_length_extrapolation
 
 
@@ -123,23 +123,65 @@ def estimate_loss(
     return LossEval(loss=loss, hidden=torch.cat(kept), predictions=preds)
 
 
+def length_windows(tokens: np.ndarray, length: int, n_windows: int | None = None) -> int:
+    """How many non-overlapping windows of `length` tokens (+1 target) the split holds, capped at `n_windows`."""
+    available = max(0, (len(tokens) - 1) // length)
+    return min(available, n_windows) if n_windows else available
+
+
+@torch.no_grad()
+def window_nll(model: Any, tokens: np.ndarray, length: int, beyond: int, batch_size: int,
+               device: torch.device | str, *, n_windows: int | None = None,
+               autocast_ctx: Any = None) -> tuple[float, int, float, int]:
+    """(NLL sum, tokens, NLL sum beyond position `beyond`, tokens there) over consecutive windows of the split.
+
+    Window i is tokens[i*length : (i+1)*length], predicting tokens[i*length+1 : (i+1)*length+1]. A
+    position p (0-based in its window) is "beyond" when p >= `beyond`: its prediction conditions on more
+    than `beyond` tokens, more context than a model trained on `beyond`-token windows ever had.
+    """
+    n = length_windows(tokens, length, n_windows)
+    was_training = model.training
+    model.eval()
+    ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
+    total = torch.zeros(2, dtype=torch.float64)
+    try:
+        for first in range(0, n, batch_size):
+            rows = range(first, min(first + batch_size, n))
+            block = np.stack([np.asarray(tokens[i * length : (i + 1) * length + 1], dtype=np.int64) for i in rows])
+            xy = torch.from_numpy(block).to(device)
+            with ctx:
+                logits = model(input_ids=xy[:, :-1]).logits
+            nll = F.cross_entropy(logits.float().transpose(1, 2), xy[:, 1:], reduction="none").double()
+            total += torch.stack([nll.sum(), nll[:, beyond:].sum()]).cpu()
+    finally:
+        model.train(was_training)
+    return float(total[0]), n * length, float(total[1]), n * max(0, length - beyond)
+
+
+def _ppl(nll_sum: float, count: int) -> float:
+    mean = nll_sum / count
+    return math.exp(mean) if mean < 700 else float("inf")
+
+
 def evaluate_lengths(
     model: Any,
     val_tokens: np.ndarray,
     window: int,
     multiples: list[int],
     batch_size: int,
-    n_batches: int,
     device: torch.device | str,
     *,
+    n_windows: int | None = None,
     autocast_ctx: Any = None,
-    seed: int = 1234,
 ) -> dict[str, float | str]:
-    """Validation perplexity on sequences of `window * m` tokens for each m: {"val_ppl@2x": 5.1, ...}.
+    """Validation perplexity on windows of `window * m` tokens for each m, over the whole split.
 
-    Keeps the tokens per batch about constant (batch size `batch_size // m`). Lengths the model
-    cannot run (gpt2 beyond its positions) or the validation split cannot fill get an explicit
-    "unsupported: <reason>" value instead of an exception, so one eval never kills a run.
+    {"val_ppl@2x": ..., "val_ppl@2x_beyond": ...}: `val_ppl@<m>x` over every position of the windows,
+    `val_ppl@<m>x_beyond` over the positions past the training window only (m > 1): the length
+    generalization figure. The split is cut into consecutive non-overlapping windows, all of them, or
+    the first `n_windows`; batches of `batch_size // m` windows keep the tokens per batch about
+    constant. Lengths the model cannot run (gpt2 beyond its positions) or the split cannot fill get
+    an explicit "unsupported: <reason>" value instead of an exception, so one eval never kills a run.
     """
     limit = max_sequence_length(model)
     _, why = supports_length_extrapolation(model)
@@ -150,10 +192,13 @@ def evaluate_lengths(
         if limit is not None and length > limit:
             results[key] = f"unsupported: {length} tokens > {limit}; {why}"
             continue
-        if len(val_tokens) < length + 1:
+        if length_windows(val_tokens, length) == 0:
             results[key] = f"unsupported: the validation split has {len(val_tokens)} tokens, fewer than {length + 1}"
             continue
-        batches = iter_eval_batches(val_tokens, length, max(1, batch_size // m), n_batches, seed, device=device)
-        loss = estimate_loss(model, batches, autocast_ctx)
-        results[key] = math.exp(loss) if loss < 700 else float("inf")
+        nll, count, nll_beyond, count_beyond = window_nll(
+            model, val_tokens, length, window, max(1, batch_size // m), device,
+            n_windows=n_windows, autocast_ctx=autocast_ctx)
+        results[key] = _ppl(nll, count)
+        if count_beyond:
+            results[f"{key}_beyond"] = _ppl(nll_beyond, count_beyond)
     return results

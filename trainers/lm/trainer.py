@@ -207,7 +207,8 @@ class LMTrainer(Trainer):
         if ev.length_multiples and ctx.is_main:  # main only: a research diagnostic, not a stopping metric
             bs = ev.batch_size or self.spec.train.batch_size
             metrics.update(evaluate_lengths(ctx.unwrap(self.model), self.data.val, self.block, ev.length_multiples,
-                                            bs, ev.batches, ctx.device, autocast_ctx=_Autocast(ctx.accelerator)))
+                                            bs, ctx.device, n_windows=ev.length_windows,
+                                            autocast_ctx=_Autocast(ctx.accelerator)))
         return metrics
 
     # ---- the end --------------------------------------------------------------------------------
