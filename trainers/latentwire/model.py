@@ -119,7 +119,9 @@ def load_decoder(model_cfg: Any, tokenizer_cfg: Any, run_dir: Path, corpus: Any,
     if model_cfg.decoder_from_run:
         folder = decoder_from_run(model_cfg.decoder_from_run, run_dir)
         source, tokenizer = f"run {model_cfg.decoder_from_run} ({folder})", load_tokenizer(folder)
-        decoder = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        from trainers.lm.models import load_pretrained as load_lm_model  # any arch an lm run saves (ttt, user classes)
+
+        decoder = load_lm_model(str(folder), **kwargs)
     elif model_cfg.decoder == TINY_RANDOM_DECODER:
         folder = Path(run_dir) / "decoder"
         if not (folder / "config.json").is_file():
