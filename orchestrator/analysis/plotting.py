@@ -68,15 +68,15 @@ _UNITS = (("tokens_per_sec", "tokens/s"), ("tok_per_s", "tokens/s"), ("samples_p
           ("_gb", "GB"), ("_mb", "MB"), ("_gib", "GiB"), ("_mib", "MiB"))
 
 
-def axis_label(metric: str, lm: bool = False) -> str:
-    """A y-axis label with its unit: `val_loss (nats/token)` for an LM's cross-entropy,
+def axis_label(metric: str, per_token: bool = False) -> str:
+    """A y-axis label with its unit: `val_loss (nats/token)` for a token-level cross-entropy,
     `val_ppl (log scale)`, `tokens_per_sec (tokens/s)`; the bare name when the unit is unknown."""
     base = metric.rsplit(".", 1)[-1].split("@", 1)[0].lower()
     if base == "lr":
         return "learning rate"
     if base == "grad_norm":
         return "gradient norm (L2)"
-    if lm and (base == "loss" or base.endswith("_loss")):
+    if per_token and (base == "loss" or base.endswith("_loss")):
         return f"{metric} (nats/token)"
     if base in ("ppl", "perplexity") or base.endswith(("_ppl", "_perplexity")):
         return f"{metric} (log scale)"
@@ -101,8 +101,9 @@ def log_y(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
-def _is_lm(d: RunData) -> bool:
-    return d.spec.get("trainer") == "lm"
+def _per_token(d: RunData) -> bool:
+    """Whether the run's losses are cross-entropies per token (its trainer has a tokenizer)."""
+    return isinstance(d.spec.get("tokenizer"), dict)
 
 
 def attempt_lines(ax: Any, d: RunData, label: bool = False) -> int:
@@ -118,7 +119,7 @@ def attempt_lines(ax: Any, d: RunData, label: bool = False) -> int:
 # ------------------------------------------------------------------------------ one run
 def training_figure(d: RunData) -> Any | None:
     """The training curves of one run (see the module docstring); None when nothing was logged."""
-    lm = _is_lm(d)
+    per_token = _per_token(d)
     train_x, train_y = series(d.train_rows, "loss")
     eval_train = series(d.eval_rows, "train_loss")
     loss_lines: list[tuple[str, tuple[list[float], list[float]], dict[str, Any]]] = []
@@ -129,7 +130,7 @@ def training_figure(d: RunData) -> Any | None:
         loss_lines.append(("train loss (evaluation)", eval_train, {"marker": "x", "markersize": 5}))
     loss_lines.append(("val loss (evaluation)", series(d.eval_rows, "val_loss"), {"marker": "o", "markersize": 5}))
     panels: list[tuple[str, str, list[tuple[str, tuple[list[float], list[float]], dict[str, Any]]], bool]] = [
-        ("loss", axis_label("loss", lm), loss_lines, False),
+        ("loss", axis_label("loss", per_token), loss_lines, False),
         ("validation perplexity", "perplexity (log scale)",
          [("val_ppl (evaluation)", series(d.eval_rows, "val_ppl"), {"marker": "o", "markersize": 4})], True),
         ("learning rate", "learning rate", [("lr", series(d.train_rows, "lr"), {})], False),
@@ -271,7 +272,7 @@ def compare_figure(items: Sequence[RunData], metrics: Sequence[str], at: str = "
     lengths = [(d, length_points(d, at)) for d in items]
     lengths = [(d, xy) for d, xy in lengths if len(xy[0]) >= 2]
     panels = len(metrics) + (1 if lengths else 0)
-    lm = all(_is_lm(d) for d in items)
+    per_token = all(_per_token(d) for d in items)
     plotted = 0
     plt = _plt()
     cols = min(panels, 2)
@@ -288,7 +289,7 @@ def compare_figure(items: Sequence[RunData], metrics: Sequence[str], at: str = "
                 plotted += 1
         ax.set_title(f"{metric} vs step")
         ax.set_xlabel("step")
-        ax.set_ylabel(axis_label(metric, lm))
+        ax.set_ylabel(axis_label(metric, per_token))
         if "(log scale)" in ax.get_ylabel() and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
             log_y(ax)
         ax.grid(alpha=0.3)

@@ -82,5 +82,5 @@ def test_good_checks_pass_validation(orch, tmp_path: Path) -> None:
     p.write_text("name: chk\ntrain: {max_steps: 10}\nchecks:\n"
                  "  - val_ppl < 500\n  - best.val_loss < 1.95\n  - train_val_gap < 0.10\n"
                  "  - expr: effective_rank_ratio >= 0.8\n    severity: warn\n    message: representation collapse\n"
-                 "  - 0.25 <= first_token_acc <= 0.35\n  - abs(last.loss - best.val_loss) < 0.5 and not diverged\n")
+                 "  - 0.25 <= prediction_diversity <= 35\n  - abs(last.loss - best.val_loss) < 0.5 and not last.nonfinite\n")
     orch("submit", "--dry-run", str(p))
