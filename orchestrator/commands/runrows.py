@@ -124,7 +124,7 @@ def table(summaries: Sequence[dict[str, Any]], *, ids: dict[str, str] | None = N
             if k not in params:
                 params.append(k)
     # priority: lower is dropped later (swept parameters name a sweep's runs better than NAME does)
-    columns = [Column("RUN", required=True, min_width=4), Column("NAME", priority=3, min_width=6),
+    columns = [Column("RUN", required=True, min_width=4), Column("NAME", priority=3, flex=True, min_width=6, soft=16),
                Column("STATE", required=True)]
     columns += [Column(_param_header(k, params).upper(), priority=2, right=True) for k in params]
     columns += [Column("STEP", priority=6, right=True), Column("%", required=True, right=True),

@@ -13,7 +13,6 @@ PIPE_WIDTH (120) for output that goes to a pipe or a file.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Sequence, TextIO
 
@@ -39,18 +38,21 @@ class Column:
 
 
 def width_for(stream: TextIO) -> int:
-    """The width to fit: the terminal's, else `$COLUMNS`, else PIPE_WIDTH; never below MIN_WIDTH."""
+    """The width to fit: the terminal's (resized windows included), else `$COLUMNS`, else
+    PIPE_WIDTH; never below MIN_WIDTH."""
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
         tty = False
     env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
-        width = int(env)
-    elif tty:
-        width = shutil.get_terminal_size((PIPE_WIDTH, 24)).columns
-    else:
-        width = PIPE_WIDTH
+    width = 0
+    if tty:
+        try:
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError):
+            width = 0
+    if not width:
+        width = int(env) if env.isdigit() and int(env) > 0 else PIPE_WIDTH
     return max(MIN_WIDTH, width)
 
 
@@ -95,7 +97,7 @@ def layout(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
         i = max(shrinkable, key=lambda i: widths[i])
         widths[i] -= 1
     # width left over goes back to the flexible columns (up to their natural width)
-    for i in keep:
+    for i in sorted(keep, key=lambda i: (not columns[i].required, columns[i].priority)):
         if columns[i].flex and total() < width:
             widths[i] = min(natural[i], widths[i] + width - total())
     return keep, [widths[i] for i in keep]
