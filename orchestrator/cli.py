@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "write a static HTML site of the runs: index, run pages, sweeps"),
     "export": ("export", "export runs to TensorBoard event files or an MLflow tracking server"),
     "schema": ("schema", "print the spec's JSON Schema"),
+    "completion": ("completion", "print a bash or zsh completion script (eval \"$(orch completion bash)\")"),
 }
 
 
