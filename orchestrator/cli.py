@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# commands that never write into the results tree: the cluster profile is not even read
+READ_ONLY = frozenset({"status", "logs", "schema", "completion", "verify", "compare"})
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors share the exit-code table."""
 
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         args.results = Path(args.results) if args.results else default_results_root()
+        if args.command not in READ_ONLY:
+            from orchestrator.spec.profile import apply_umask
+
+            apply_umask()  # the cluster profile's `umask`: shared project folders
         mod = _load(args._module)
         if not hasattr(mod, "add_arguments"):
             raise UsageError(f"unknown command {args.command}")
