@@ -13,28 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from orchestrator.commands.common import fmt_age, fmt_num
-from orchestrator.commands.runrows import fmt_pct, fmt_rate, note, summarize, table
-from orchestrator.commands.table import cut, fit, shortest_unique_suffixes, width_for
+from orchestrator.commands.runrows import fmt_pct, fmt_rate, note, short_ids, summarize, table
+from orchestrator.commands.table import cut, fit, width_for
 from orchestrator.lifecycle.refresh import persist, refresh
 from orchestrator.record.states import State
 from orchestrator.record.tree import Run
 
 EVERY = 0.1  # a piped log prints a run again after each tenth of its steps
-
-
-def tree_ids(root: Path) -> list[str]:
-    """Every run folder's name in a results tree (directory names only: no file is opened)."""
-    ids = []
-    try:
-        groups = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
-    except OSError:
-        return ids
-    for g in groups:
-        try:
-            ids.extend(e.name for e in os.scandir(g.path) if e.is_dir() and not e.name.startswith("."))
-        except OSError:
-            continue
-    return ids
 
 
 def event_line(s: dict[str, Any], short: str) -> str:
@@ -130,7 +115,7 @@ def wait_for_runs(runs: list[Run], root: Path, interval: float = 1.0, quiet: boo
     per run on stdout. 0 only if all COMPLETED."""
     err = sys.stderr
     tty = not quiet and err.isatty()
-    ids = shortest_unique_suffixes(tree_ids(root) or [r.run_id for r in runs])
+    ids = short_ids(root, [r.run_id for r in runs])
     live, log = (Live(err) if tty else None), PipeLog()
     while True:
         views = refresh(runs)

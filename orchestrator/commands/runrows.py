@@ -11,7 +11,9 @@ folder's problem).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from orchestrator.commands.common import fmt_age, fmt_num
 from orchestrator.commands.table import Column, shortest_unique_suffixes
@@ -22,6 +24,26 @@ from orchestrator.record.states import State
 from orchestrator.record.tree import Damaged
 
 LIVE = ("RUNNING", "STALLED")
+
+
+def tree_ids(root: Path | str) -> list[str]:
+    """Every run folder's name in a results tree (directory names only: no file is opened)."""
+    ids: list[str] = []
+    try:
+        groups = [e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return ids
+    for group in groups:
+        try:
+            ids.extend(e.name for e in os.scandir(group) if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            continue
+    return ids
+
+
+def short_ids(root: Path | str, ids: Iterable[str]) -> dict[str, str]:
+    """run id -> its shortest suffix unique in the whole tree (so any command resolves it)."""
+    return shortest_unique_suffixes(tree_ids(root) + list(ids))
 
 
 def summarize(view: RunView) -> dict[str, Any]:

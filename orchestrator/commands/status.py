@@ -25,7 +25,7 @@ from orchestrator.errors import BackendUnavailable, UserError
 from orchestrator.lifecycle.refresh import refresh
 from orchestrator.record.states import State
 from orchestrator.record.tree import Damaged, ResultsRoot, Run
-from orchestrator.commands.runrows import summarize, summarize_damaged, table
+from orchestrator.commands.runrows import short_ids, summarize, summarize_damaged, table
 
 WATCH_MIN, WATCH_MAX = 0.5, 86400.0
 
@@ -179,9 +179,14 @@ def sort_key(name: Optional[str]) -> Callable[[dict[str, Any]], Any]:
     return ordered
 
 
-def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, list[str]]:
+def _created(run: Run) -> tuple[int, str]:
+    return (run.record.get("created_ns") or 0, run.run_id)
+
+
+def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optional[list[str]]]:
     """(one summary per run, damaged folders included as DAMAGED rows, in the order asked for;
-    whether a run asked for by name or id is damaged; every run id of the tree, for short ids)."""
+    whether a run asked for by name or id is damaged; every run id of the tree when it was scanned,
+    for short ids)."""
     root = ResultsRoot(args.results)
     damaged: list[Damaged] = []
     where = parse_where(args.where)
@@ -189,7 +194,7 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, list[
     order = sort_key(args.sort or "created") if (args.sort or last) else None  # a bad key fails before any work
     if args.runs:
         runs = root.resolve_many(args.runs, damaged)
-        all_ids = [r.run_id for r in runs]
+        all_ids = None  # short ids are unique in the whole tree: its folder names are listed when shown
     else:
         runs, damaged = root.scan()
         all_ids = [r.run_id for r in runs] + [d.label for d in damaged]
@@ -204,13 +209,14 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, list[
                         hint="states: " + ", ".join([s.value for s in State] + ["DAMAGED"]))
     if where:
         runs, damaged = filter_where(runs, where), []
-    if last:  # before polling: only the newest runs are refreshed
-        runs = sorted(runs, key=lambda r: (r.record.get("created_ns") or 0, r.run_id))[-last:]
-        damaged = []
+    if last and not wanted:  # before polling: only the newest runs are refreshed
+        runs, damaged = sorted(runs, key=_created)[-last:], []
     views = refresh(runs, poll=not args.no_poll)
     if wanted:
         views = [v for v in views if v.state.value in wanted]
         damaged = damaged if "DAMAGED" in wanted else []
+        if last:  # the N newest runs in those states
+            views, damaged = sorted(views, key=lambda v: _created(v.run))[-last:], []
     summaries = [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged]
     if order is not None:
         summaries.sort(key=order, reverse=args.reverse)
@@ -228,18 +234,23 @@ def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]
                               hint="the states shown are the last known ones (marked stale); try again later")
 
 
-def render(summaries: list[dict[str, Any]], all_ids: list[str], width: Optional[int]) -> str:
-    """The status table in `width` columns (short ids), or whole (full ids) when `width` is None;
-    `no runs` when there is none."""
-    from orchestrator.commands.table import fit, shortest_unique_suffixes
+def short_ids_of(args: argparse.Namespace, summaries: list[dict[str, Any]], all_ids: Optional[list[str]]) -> dict[str, str]:
+    """run id -> its shortest suffix unique in the whole results tree."""
+    from orchestrator.commands.table import shortest_unique_suffixes
+
+    shown = [s["run_id"] for s in summaries]
+    return shortest_unique_suffixes(all_ids + shown) if all_ids is not None else short_ids(args.results, shown)
+
+
+def render(summaries: list[dict[str, Any]], ids: dict[str, str], width: Optional[int]) -> str:
+    """The status table in `width` columns with the short `ids`, or whole with full ids when
+    `width` is None; `no runs` when there is none."""
+    from orchestrator.commands.table import fit
 
     if not summaries:
         return "no runs"
-    if width is None:
-        columns, rows = table(summaries, ids={})
-        return "\n".join(fit(columns, rows, sys.maxsize))
-    columns, rows = table(summaries, ids=shortest_unique_suffixes(all_ids + [s["run_id"] for s in summaries]))
-    return "\n".join(fit(columns, rows, width))
+    columns, rows = table(summaries, ids=ids if width is not None else {})
+    return "\n".join(fit(columns, rows, width if width is not None else sys.maxsize))
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -247,14 +258,14 @@ def _watch(args: argparse.Namespace) -> int:
     import os
 
     from orchestrator.commands.progress import PipeLog, counts, screen
-    from orchestrator.commands.table import shortest_unique_suffixes, width_for
+    from orchestrator.commands.table import width_for
 
     out = sys.stdout
     tty = out.isatty()
     log = PipeLog()
     while True:
         summaries, _, all_ids = collect(args)
-        ids = shortest_unique_suffixes(all_ids + [s["run_id"] for s in summaries])
+        ids = short_ids_of(args, summaries, all_ids)
         if tty:
             height = os.get_terminal_size(out.fileno()).lines
             footer = f"{time.strftime('%H:%M:%S')}  {counts(summaries) or 'no runs'}  (every {args.watch:g} s; Ctrl-C stops)"
@@ -277,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             from orchestrator.commands.table import width_for
 
-            print(render(summaries, all_ids, None if args.wide else width_for(sys.stdout)))
+            wide = args.wide
+            print(render(summaries, {} if wide else short_ids_of(args, summaries, all_ids),
+                         None if wide else width_for(sys.stdout)))
         if not args.watch:
             err = unavailable(summaries)
             if err is not None:

@@ -189,6 +189,7 @@ def test_status_where_sort_last(orch: Orch, tree: dict[str, str]) -> None:
     assert ids("--name", "sweepy", "--sort", "val", "--reverse") == [tree["sweep0"], tree["sweep1"], tree["sweep2"]]
     assert ids("--last", "1") == [tree["failed"]]
     assert len(ids("--last", "2")) == 2 and ids("--last", "2")[-1] == tree["failed"]
+    assert ids("--state", "COMPLETED", "--last", "1") != [tree["failed"]] and len(ids("--state", "COMPLETED", "--last", "2")) == 2
 
 
 @pytest.mark.parametrize("args, phrase", [
