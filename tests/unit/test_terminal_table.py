@@ -98,3 +98,36 @@ def test_profile_umask_is_a_quoted_octal(tmp_path, monkeypatch) -> None:  # type
         assert phrase in err.value.render() and "umask" in err.value.render(), err.value.render()
     path.write_text('umask: "0002"\n')
     assert load_profile().umask_bits == 0o002
+
+
+def test_heartbeat_carries_progress_through_eval_and_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.record.heartbeat import Heartbeat, read_heartbeat
+
+    hb = Heartbeat(tmp_path / "heartbeat.json")
+    hb.beat(force=True, phase="train", step=10, total_steps=100, train_loss=2.0, tokens_per_sec=100.0, eta_s=50)
+    hb.beat(force=True, phase="eval", step=10)
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat["phase"] == "eval" and beat["train_loss"] == 2.0 and beat["tokens_per_sec"] == 100.0
+    assert beat["eta_s"] == 50 and beat["total_steps"] == 100
+
+
+def test_status_takes_rate_loss_and_eta_from_the_training_log_when_the_heartbeat_has_none(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import time
+
+    from orchestrator.commands.runrows import summarize
+    from orchestrator.lifecycle.refresh import refresh
+    from orchestrator.record.paths import RunPaths
+    from orchestrator.record.tree import Run
+
+    paths = RunPaths(tmp_path / "tiny" / "tiny-20250101-000000-abcd")
+    (paths.root / "logs").mkdir(parents=True)
+    paths.run_json.write_text(json.dumps({"run_id": paths.run_id, "name": "tiny", "state": "RUNNING",
+                                          "total_steps": 300, "attempts": [{"n": 1, "job_id": "1@1"}]}))
+    paths.heartbeat.write_text(json.dumps({"time": time.time(), "phase": "eval", "step": 50, "total_steps": 300,
+                                           "last_eval": {"step": 50, "train_loss": 2.5, "val_loss": 2.6}}))
+    paths.diagnostics.write_text(json.dumps({"step": 50, "loss": 1.9, "tokens_per_sec": 8000.0, "step_time": 0.02}) + "\n")
+    [view] = refresh([Run(paths)], poll=False)
+    s = summarize(view)
+    assert s["tokens_per_sec"] == 8000.0 and abs(s["eta_s"] - 5.0) < 1e-9 and s["phase"] == "eval"
+    assert s["metrics"]["train_loss"] == 1.9 and s["metrics"]["val_loss"] == 2.6  # the current loss, not the eval's
