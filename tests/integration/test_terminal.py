@@ -233,3 +233,16 @@ def test_submit_wait_piped_prints_progress_without_repeats(orch: Orch, tmp_path:
     assert "COMPLETED  60/60 (100%)" in bodies[-1], res.stderr
     assert all(len(line) <= 120 for line in progress)
     assert os.path.isdir(orch.results / "tinywait" / run_id)
+
+
+def test_status_watch_piped_prints_each_run_once_until_it_changes(orch: Orch, tree: dict[str, str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "status", "--watch", "0.5"], cwd=REPO,
+                            env=orch.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # several refreshes of an unchanging tree
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=30)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == len(tree), out + err  # one line per run, not one table per refresh
+    assert any("FAILED" in line and "data_error" in line for line in lines) and "Traceback" not in err
