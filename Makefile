@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-slurm slurm-up slurm-down bench browser-deps clean
+.PHONY: install demo test test-unit test-integration test-slurm slurm-up slurm-down bench browser-deps system-deps clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,14 @@ browser-deps:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "chromium/chromedriver missing and not root: the browser tests will skip"; fi
+
+# tmux (the terminal tests drive `orch status` in a real 80/120-column terminal) and zsh (the
+# completion test sources `orch completion zsh`); Debian packages, only as root, only when missing.
+system-deps:
+	@if command -v tmux >/dev/null && command -v zsh >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux zsh >/dev/null; \
+	else echo "tmux/zsh missing and not root: the terminal and zsh completion tests will skip"; fi
 
 slurm-up:
 	bash tests/slurm/cluster.sh up

@@ -32,7 +32,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "write a static HTML site of the runs: index, run pages, sweeps"),
     "export": ("export", "export runs to TensorBoard event files or an MLflow tracking server"),
     "schema": ("schema", "print the spec's JSON Schema"),
+    "completion": ("completion", "print a bash or zsh completion script (eval \"$(orch completion bash)\")"),
 }
+
+
+# commands that never write into the results tree: the cluster profile is not even read
+READ_ONLY = frozenset({"status", "logs", "schema", "completion", "verify", "compare"})
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -95,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         args.results = Path(args.results) if args.results else default_results_root()
+        if args.command not in READ_ONLY:
+            from orchestrator.spec.profile import apply_umask
+
+            apply_umask()  # the cluster profile's `umask`: shared project folders
         mod = _load(args._module)
         check_results_root(args.results, must_exist=getattr(mod, "READS_RESULTS", False))
         if not hasattr(mod, "add_arguments"):

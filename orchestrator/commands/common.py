@@ -1,14 +1,10 @@
-"""Helpers shared by several commands: waiting for runs, formatting numbers and ages, naming
-damaged run folders."""
+"""Helpers shared by several commands: formatting numbers and ages, naming damaged run folders."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import Iterable, Optional, TextIO
 
-from orchestrator.record.tree import Damaged, Run
-from orchestrator.record.states import State
-from orchestrator.lifecycle.refresh import persist, refresh
+from orchestrator.record.tree import Damaged
 
 
 def warn_damaged(damaged: Iterable[Damaged], file: Optional[TextIO] = None) -> int:
@@ -41,35 +37,3 @@ def fmt_num(value: object, digits: int = 4) -> str:
             return "nan"
         return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.3g}"
     return str(value)
-
-
-def wait_for_runs(runs: list[Run], interval: float = 1.0, quiet: bool = False) -> int:
-    """Block until every run is terminal; a progress bar on a terminal. 0 only if all COMPLETED."""
-    bar = None
-    if not quiet and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(runs), desc="runs finished", unit="run", file=sys.stderr)
-    last_line = 0.0
-    while True:
-        views = refresh(runs)
-        for v in views:
-            persist(v)
-        done = [v for v in views if v.state.terminal]
-        if bar is not None:
-            bar.n = len(done)
-            bar.set_postfix_str(", ".join(f"{v.run.run_id[-4:]}:{v.state}" for v in views if not v.state.terminal)[:60])
-            bar.refresh()
-        elif not quiet and time.monotonic() - last_line > 10:
-            last_line = time.monotonic()
-            print(f"waiting: {len(done)}/{len(views)} finished", file=sys.stderr)
-        if len(done) == len(views):
-            break
-        time.sleep(interval)
-    if bar is not None:
-        bar.close()
-    bad = [v for v in views if v.state != State.COMPLETED]
-    if not quiet:
-        for v in views:
-            print(f"{v.run.run_id}: {v.state}" + (f" ({v.reason})" if v.reason and v.state != State.COMPLETED else ""))
-    return 0 if not bad else 1

@@ -1,124 +1,185 @@
-"""`orch status [RUN...] [--json] [--watch S] [--state S] [--name N] [--all]`: every run at a glance.
+"""`orch status [RUN...] [--json] [--watch S] [--state S] [--name N] [--where K=V] [--sort KEY] [--last N]`.
 
-Reads only small files per run (run.json, heartbeat.json, the last line of the metrics history
-read from the end) and asks each backend once per call. CHECKS is the verdict summary the last
-`orch check` (or monitor pass) stored in run.json (`checks.judge.summarize`: `7/8 pass`,
-`1/2 pass FAILED`), the very string `orch check` printed; `-` before any check.
+Every run at a glance. Reads only small files per run (run.json, heartbeat.json, the last line of
+the metrics history read from the end) and asks each backend once per call. The table fits the
+width (the terminal's; in a pipe `$COLUMNS`, else 120): optional columns (BEAT, STEP, TOK/S,
+CHECKS, swept parameters, NAME) are dropped least important first and the NOTE is cut, so RUN,
+STATE, %, TRAIN, VAL, ETA and the NOTE always show (`orchestrator/commands/table.py`). RUN is the
+shortest unique id suffix, accepted wherever a run id is; `--wide` prints full ids and every column. CHECKS is the verdict summary the last
+`orch check` (or monitor pass) stored in run.json (`7/8 pass`, `1/2 pass FAILED`); `-` before any
+check. `--where` reads each candidate's spec.yaml, so it costs more than the other filters.
+`--watch` redraws the table in place on a terminal; in a pipe it prints one line per run whenever
+its state or progress tenth changes.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-import os
-import shutil
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from orchestrator.commands.argtypes import seconds
-from orchestrator.record.atomicio import tail_jsonl
+from orchestrator.commands.argtypes import count, seconds
 from orchestrator.errors import BackendUnavailable, UserError
-from orchestrator.record.heartbeat import heartbeat_age
-from orchestrator.record.tree import Damaged, ResultsRoot
+from orchestrator.lifecycle.refresh import refresh
 from orchestrator.record.states import State
-from orchestrator.lifecycle.refresh import RunView, checks_summary, refresh
-from orchestrator.commands.common import fmt_age, fmt_num
+from orchestrator.record.tree import Damaged, ResultsRoot, Run
+from orchestrator.commands.runrows import short_ids, summarize, summarize_damaged, table
 
-COLUMNS = ("RUN", "STATE", "STEP", "%", "TRAIN", "VAL", "TOK/S", "ETA", "BEAT", "CHECKS", "NOTE")
+WATCH_MIN, WATCH_MAX = 0.5, 86400.0
+
+# --sort KEY -> the value sorted on (missing values last)
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "name": lambda s: (s["name"] or "", s["run_id"]),
+    "id": lambda s: s["run_id"],
+    "created": lambda s: (s.get("created_ns") or 0, s["run_id"]),
+    "state": lambda s: s["state"],
+    "progress": lambda s: s.get("progress"),
+    "step": lambda s: s.get("step"),
+    "train": lambda s: (s.get("metrics") or {}).get("train_loss"),
+    "val": lambda s: (s.get("metrics") or {}).get("val_loss"),
+    "tok/s": lambda s: s.get("tokens_per_sec"),
+    "eta": lambda s: s.get("eta_s"),
+}
+SORT_ALIASES = {"run": "id", "run_id": "id", "train_loss": "train", "val_loss": "val",
+                "tokens_per_sec": "tok/s", "speed": "tok/s", "eta_s": "eta", "time": "created"}
 
 
 # A results root that does not exist is a usage error, never "no runs" (cli.check_results_root).
 READS_RESULTS = True
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or run names (default: all)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique prefixes or suffixes, or run names (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--watch", type=seconds(0.5), metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    p.add_argument("--watch", type=seconds(WATCH_MIN, WATCH_MAX), metavar="SECONDS",
+                   help=f"refresh every SECONDS ({WATCH_MIN:g} to {WATCH_MAX:g}) until interrupted")
     p.add_argument("--state", action="append", default=[], metavar="S", help="only runs in state S, or DAMAGED folders (repeatable)")
     p.add_argument("--name", action="append", default=[], metavar="N", help="only runs of experiment N (repeatable)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs whose spec has KEY (dotted, e.g. model.d_model) equal to VALUE; KEY!=VALUE excludes (repeatable)")
+    p.add_argument("--sort", metavar="KEY", help="sort by " + ", ".join(SORT_KEYS) + " (default: name, then id)")
+    p.add_argument("--reverse", action="store_true", help="reverse the order")
+    p.add_argument("--last", type=count(1), metavar="N", help="only the N most recently created runs")
+    p.add_argument("--wide", action="store_true", help="full run ids and every column, whatever the width (for grep)")
     p.add_argument("--no-poll", action="store_true", help="do not ask the backends; run folders only")
 
 
-def summarize(view: RunView) -> dict[str, Any]:
-    rec, hb = view.record, view.heartbeat
-    # The trainer mirrors its latest evaluation into the heartbeat; read the history's tail only without it.
-    last_eval = hb.get("last_eval") if isinstance(hb.get("last_eval"), dict) else None
-    if last_eval is None:
-        tail = tail_jsonl(view.run.paths.fast("metrics_history"), 1)
-        last_eval = tail[0] if tail else {}
-    metrics = dict(last_eval)
-    step = hb.get("step", metrics.get("step"))
-    total = hb.get("total_steps") or rec.get("total_steps")
-    if hb.get("train_loss") is not None:
-        metrics.setdefault("train_loss", hb.get("train_loss"))
-    failure = view.failure or rec.get("failure") or {}
-    return {
-        "run_id": view.run.run_id,
-        "name": view.run.name,
-        "state": str(view.state),
-        "step": step,
-        "total_steps": total,
-        "progress": (step / total) if (isinstance(step, (int, float)) and total) else None,
-        "run_dir": view.run.paths.dir,
-        "backend": rec.get("backend"),
-        "job_id": (rec.get("attempts") or [{}])[-1].get("job_id"),
-        "attempts": len(rec.get("attempts") or []),
-        "sweep_id": rec.get("sweep_id"),
-        "metrics": metrics,
-        "tokens_per_sec": hb.get("tokens_per_sec"),
-        "eta_s": hb.get("eta_s") if view.state in (State.RUNNING, State.STALLED) else None,
-        "heartbeat_age_s": heartbeat_age(hb) if hb else None,
-        "checks": checks_summary(view.run),
-        "reason": view.reason or rec.get("state_reason"),
-        "failure": failure.get("class"),
-        "stop_reason": rec.get("stop_reason"),
-        "exit_code": rec.get("exit_code"),
-        "damaged": None,
-        "stale": view.stale,
-    }
+# ---- --where -------------------------------------------------------------------------------
+def parse_where(items: list[str]) -> list[tuple[str, bool, str]]:
+    """[(dotted key, wanted equal, value text)]; exit 2 on a clause that is not KEY=VALUE or KEY!=VALUE."""
+    out = []
+    for item in items:
+        negate = "!=" in item
+        key, sep, value = item.partition("!=" if negate else "=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or not all(p.strip() for p in parts) or any(c in key for c in " =<>"):
+            raise UserError(f"--where {item!r}: expected KEY=VALUE or KEY!=VALUE with a dotted spec key",
+                            hint="e.g. --where model.d_model=128 --where train.lr!=3e-4")
+        out.append((key, not negate, value.strip()))
+    return out
 
 
-def summarize_damaged(d: Damaged) -> dict[str, Any]:
-    """A damaged folder as a status row: state DAMAGED, the path and what is wrong with it."""
-    return {"run_id": d.label, "name": d.group, "state": "DAMAGED", "step": None, "total_steps": None,
-            "progress": None, "run_dir": str(d.path), "backend": None, "job_id": None, "attempts": None,
-            "sweep_id": None, "metrics": {}, "tokens_per_sec": None, "eta_s": None, "heartbeat_age_s": None,
-            "checks": None, "reason": None, "failure": None, "stop_reason": None, "exit_code": None,
-            "damaged": d.problem}
+_MISSING = object()
 
 
-def _row(s: dict[str, Any]) -> list[str]:
-    pct = f"{100 * s['progress']:.0f}" if s["progress"] is not None else "-"
-    step = f"{s['step']}/{s['total_steps'] or '?'}" if s["step"] is not None else "-"
-    m = s["metrics"]
-    note = f"{s['run_dir']}: {s['damaged']}" if s.get("damaged") else (s["failure"] or s["reason"] or
-                                                                       s["stop_reason"] or "")
-    beat = fmt_age(s["heartbeat_age_s"]) if s["state"] in ("RUNNING", "STALLED") else "-"
-    return [s["run_id"], s["state"], step, pct, fmt_num(m.get("train_loss")), fmt_num(m.get("val_loss")),
-            f"{s['tokens_per_sec']:,.0f}" if isinstance(s["tokens_per_sec"], (int, float)) else "-", fmt_age(s["eta_s"]), beat, s["checks"] or "-", str(note)]
+def _lookup(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
 
 
-def render_table(rows: list[list[str]]) -> str:
-    if not rows:
-        return "no runs"
-    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(COLUMNS))]
-    term = shutil.get_terminal_size((160, 20)).columns
-    lines = []
-    for r in [list(COLUMNS), *rows]:
-        line = "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-        lines.append(line[: max(term, 100)] if sys.stdout.isatty() else line)
-    return "\n".join(lines)
+def _flat_keys(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix] if prefix else []
+    out = []
+    for k, v in tree.items():
+        out += _flat_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
-def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
-    """(one summary per run, damaged folders included as DAMAGED rows; whether a run asked for by
-    name or id is damaged)."""
+def _equal(actual: Any, text: str) -> bool:
+    """A spec value against a command-line value: as numbers when both are, else as YAML/text."""
+    if isinstance(actual, bool) or actual is None:
+        return str(actual).lower() == text.lower() or (actual is None and text in ("null", "~", ""))
+    if isinstance(actual, (int, float)):
+        try:
+            return float(actual) == float(text)
+        except ValueError:
+            return False
+    if isinstance(actual, (list, dict)):
+        import yaml
+
+        try:
+            return yaml.safe_load(text) == actual
+        except yaml.YAMLError:
+            return False
+    return str(actual) == text
+
+
+def _read_spec(run: Run) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(run.paths.fast("spec"), encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def filter_where(runs: list[Run], clauses: list[tuple[str, bool, str]]) -> list[Run]:
+    """The runs whose spec matches every clause; a key no candidate's spec has is exit 2 (did you mean)."""
+    specs = {r.run_id: _read_spec(r) for r in runs}
+    for key, _, _ in clauses:
+        if runs and all(_lookup(s, key) is _MISSING for s in specs.values()):
+            known = sorted({k for s in specs.values() for k in _flat_keys(s)})
+            close = difflib.get_close_matches(key, known, n=3)
+            raise UserError(f"--where {key}: no run's spec has this key",
+                            hint=(f"did you mean {', '.join(close)}? " if close else "")
+                            + "keys are dotted spec paths, as in `orch submit --set`")
+    return [r for r in runs if all((_lookup(specs[r.run_id], key) is not _MISSING
+                                    and _equal(_lookup(specs[r.run_id], key), value)) == want
+                                   for key, want, value in clauses)]
+
+
+# ---- collecting and ordering ------------------------------------------------------------------
+def sort_key(name: Optional[str]) -> Callable[[dict[str, Any]], Any]:
+    key = SORT_ALIASES.get((name or "name").lower(), (name or "name").lower())
+    if key not in SORT_KEYS:
+        close = difflib.get_close_matches(key, list(SORT_KEYS) + list(SORT_ALIASES), n=1)
+        raise UserError(f"--sort {name}: unknown key",
+                        hint=(f"did you mean {close[0]}? " if close else "") + "keys: " + ", ".join(SORT_KEYS))
+    get = SORT_KEYS[key]
+
+    def ordered(s: dict[str, Any]) -> Any:
+        value = get(s)
+        return (value is None, value if value is not None else 0)
+    return ordered
+
+
+def _created(run: Run) -> tuple[int, str]:
+    return (run.record.get("created_ns") or 0, run.run_id)
+
+
+def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optional[list[str]]]:
+    """(one summary per run, damaged folders included as DAMAGED rows, in the order asked for;
+    whether a run asked for by name or id is damaged; every run id of the tree when it was scanned,
+    for short ids)."""
     root = ResultsRoot(args.results)
     damaged: list[Damaged] = []
+    where = parse_where(args.where)
+    last = args.last
+    order = sort_key(args.sort or "created") if (args.sort or last) else None  # a bad key fails before any work
     if args.runs:
         runs = root.resolve_many(args.runs, damaged)
+        all_ids = None  # short ids are unique in the whole tree: its folder names are listed when shown
     else:
         runs, damaged = root.scan()
+        all_ids = [r.run_id for r in runs] + [d.label for d in damaged]
     asked_damaged = bool(args.runs and damaged)
     if args.name:
         runs = [r for r in runs if r.name in args.name]
@@ -128,11 +189,22 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     if unknown:
         raise UserError(f"unknown state {', '.join(sorted(unknown))}",
                         hint="states: " + ", ".join([s.value for s in State] + ["DAMAGED"]))
+    if where:
+        runs, damaged = filter_where(runs, where), []
+    if last and not wanted:  # before polling: only the newest runs are refreshed
+        runs, damaged = sorted(runs, key=_created)[-last:], []
     views = refresh(runs, poll=not args.no_poll)
     if wanted:
         views = [v for v in views if v.state.value in wanted]
         damaged = damaged if "DAMAGED" in wanted else []
-    return [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged], asked_damaged
+        if last:  # the N newest runs in those states
+            views, damaged = sorted(views, key=lambda v: _created(v.run))[-last:], []
+    summaries = [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged]
+    if order is not None:
+        summaries.sort(key=order, reverse=args.reverse)
+    elif args.reverse:
+        summaries.reverse()
+    return summaries, asked_damaged, all_ids
 
 
 def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:
@@ -144,21 +216,63 @@ def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]
                               hint="the states shown are the last known ones (marked stale); try again later")
 
 
-def run(args: argparse.Namespace) -> int:
+def short_ids_of(args: argparse.Namespace, summaries: list[dict[str, Any]], all_ids: Optional[list[str]]) -> dict[str, str]:
+    """run id -> its shortest suffix unique in the whole results tree."""
+    from orchestrator.commands.table import shortest_unique_suffixes
+
+    shown = [s["run_id"] for s in summaries]
+    return shortest_unique_suffixes(all_ids + shown) if all_ids is not None else short_ids(args.results, shown)
+
+
+def render(summaries: list[dict[str, Any]], ids: dict[str, str], width: Optional[int]) -> str:
+    """The status table in `width` columns with the short `ids`, or whole with full ids when
+    `width` is None; `no runs` when there is none."""
+    from orchestrator.commands.table import fit
+
+    if not summaries:
+        return "no runs"
+    columns, rows = table(summaries, ids=ids if width is not None else {})
+    return "\n".join(fit(columns, rows, width if width is not None else sys.maxsize))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Redraw on a terminal; in a pipe, one line per run per change (progress.PipeLog)."""
+    import os
+
+    from orchestrator.commands.progress import PipeLog, counts, screen
+    from orchestrator.commands.table import width_for
+
+    out = sys.stdout
+    tty = out.isatty()
+    log = PipeLog()
     while True:
-        summaries, asked_damaged = collect(args)
+        summaries, _, all_ids = collect(args)
+        ids = short_ids_of(args, summaries, all_ids)
+        if tty:
+            height = os.get_terminal_size(out.fileno()).lines
+            footer = f"{time.strftime('%H:%M:%S')}  {counts(summaries) or 'no runs'}  (every {args.watch:g} s; Ctrl-C stops)"
+            out.write("\033[H\033[2J" + "\n".join(screen(summaries, ids, width_for(out), height, footer)) + "\n")
+        else:
+            for line in log.lines(summaries, ids, width_for(out)):
+                out.write(line + "\n")
+        out.flush()
+        time.sleep(args.watch)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.watch and not args.json:
+        return _watch(args)
+    while True:
+        summaries, asked_damaged, all_ids = collect(args)
         if args.json:
             # the C encoder (no indent) is 5x faster on 10,000 runs; indent only for a person reading
             print(json.dumps(summaries, indent=1 if sys.stdout.isatty() else None, default=str))
         else:
-            if args.watch and sys.stdout.isatty():
-                sys.stdout.write("\033[H\033[2J")
-            print(render_table([_row(s) for s in summaries]))
-            if args.watch:
-                counts: dict[str, int] = {}
-                for s in summaries:
-                    counts[s["state"]] = counts.get(s["state"], 0) + 1
-                print(f"\n{time.strftime('%H:%M:%S')}  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            from orchestrator.commands.table import width_for
+
+            wide = args.wide
+            print(render(summaries, {} if wide else short_ids_of(args, summaries, all_ids),
+                         None if wide else width_for(sys.stdout)))
         if not args.watch:
             err = unavailable(summaries)
             if err is not None:
@@ -166,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
                 return err.exit_code
             return 1 if asked_damaged else 0
         sys.stdout.flush()
-        time.sleep(max(0.5, args.watch))
+        time.sleep(args.watch)
 
 
-__all__ = ["add_arguments", "run", "os"]
+__all__ = ["add_arguments", "run", "summarize", "summarize_damaged"]

@@ -10,7 +10,7 @@ from orchestrator.errors import OrchError
 from orchestrator.record.tree import ResultsRoot
 from orchestrator.spec.schema import spec_to_yaml
 from orchestrator.lifecycle.submit import plan, submit_plan
-from orchestrator.commands.common import wait_for_runs
+from orchestrator.commands.progress import wait_for_runs
 
 
 SHOW_AT_MOST = 5  # a dry run of a 1,000-point sweep shows a few runs in full, then a count
@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a spec value, YAML-typed (e.g. --set train.lr=3e-4); repeatable")
     p.add_argument("--backend", choices=["local", "slurm"], help="override the spec's backend")
     p.add_argument("--dry-run", action="store_true", help="print resolved specs and job scripts; submit nothing")
-    p.add_argument("--wait", action="store_true", help="block until every run ends; exit 0 only if all COMPLETED")
+    p.add_argument("--wait", action="store_true", help="block until every run ends, showing each run's step, loss, tok/s "
+                   "and ETA (redrawn on a terminal; one line per change in a pipe); exit 0 only if all COMPLETED")
     p.add_argument("--json", action="store_true", help="print the submitted runs as JSON")
 
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"submitted {r['run_id']}  ({r['backend']} job {r['job_id']})  {r['run_dir']}")
     if args.wait:
-        return wait_for_runs([item.run for item, _ in submitted], quiet=args.json)
+        return wait_for_runs([item.run for item, _ in submitted], root.root, quiet=args.json)
     return 0
 
 

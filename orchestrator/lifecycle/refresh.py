@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from orchestrator.record.atomicio import read_json
+from orchestrator.record.atomicio import read_json, tail_jsonl
 from orchestrator.record.record import FAILURE_CLASSES, attempt_n, current_attempt, current_job_id
 from orchestrator.backends import JobStatus, get_backend
 from orchestrator.backends.registry import DEFAULT as DEFAULT_BACKEND
@@ -95,6 +95,8 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
             view.failure = view.failure or _diagnose(view)
         if view.state != State.PENDING:
             view.heartbeat = read_heartbeat(view.run.paths.fast("heartbeat"))
+        if view.state in (State.RUNNING, State.STALLED):
+            _fill_measured(view)
         if view.state in (State.RUNNING, State.STALLED) and not view.stale:
             age = heartbeat_age(view.heartbeat, now)
             if age is not None and age > _stall_after(view.run):
@@ -103,6 +105,28 @@ def refresh(runs: Iterable[Run], *, poll: bool = True, now: Optional[float] = No
             elif view.state == State.STALLED and age is not None:
                 view.state = State.RUNNING
     return [views[r.run_id] for r in runs]
+
+
+def _fill_measured(view: RunView) -> None:
+    """A live run's heartbeat from a phase that measures nothing (an evaluation or a checkpoint
+    before any training beat carried the numbers): the last training log line gives the current
+    loss, tokens/s and, from its step time, the ETA. Read only when the heartbeat lacks them."""
+    hb = view.heartbeat
+    if hb.get("tokens_per_sec") is not None and hb.get("train_loss") is not None:
+        return
+    tail = tail_jsonl(view.run.paths.fast("diagnostics"), 1)
+    if not tail:
+        return
+    last = tail[0]
+    hb = view.heartbeat = dict(hb)
+    if hb.get("tokens_per_sec") is None and isinstance(last.get("tokens_per_sec"), (int, float)):
+        hb["tokens_per_sec"] = last["tokens_per_sec"]
+    if hb.get("train_loss") is None and isinstance(last.get("loss"), (int, float)):
+        hb["train_loss"] = last["loss"]
+    total = hb.get("total_steps") or view.record.get("total_steps")
+    step, step_time = last.get("step"), last.get("step_time")
+    if hb.get("eta_s") is None and all(isinstance(v, (int, float)) for v in (total, step, step_time)):
+        hb["eta_s"] = max(0.0, (total - step) * step_time)
 
 
 def _apply(view: RunView, js: Optional[JobStatus]) -> None:

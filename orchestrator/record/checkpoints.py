@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from orchestrator.record.atomicio import replace_dir
+from orchestrator.record.atomicio import file_mode, replace_dir
 
 FORMAT = 2
 MANIFEST = "manifest.json"
@@ -347,6 +347,7 @@ def _fsync_tree(root: Path) -> None:
 def seal(folder: Path, *, kind: str, step: int, tokens_seen: int = 0, metrics: Optional[dict[str, Any]] = None,
          hashes: bool = True) -> dict[str, Any]:
     """Write the manifest (every file's size and, with `hashes`, sha256) and the COMPLETE marker; fsync all.
+    Every file gets the mode the umask gives a new file, as the rest of the run folder has.
 
     Call it on a filled `tmp_dir` after every process has written its files; returns the manifest.
     """
@@ -355,6 +356,10 @@ def seal(folder: Path, *, kind: str, step: int, tokens_seen: int = 0, metrics: O
     files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     files.pop(MANIFEST, None)
     files.pop(COMPLETE, None)
+    mode = file_mode()
+    for p in files.values():  # safetensors writes model.safetensors 0600 whatever the umask: the team reads it too
+        if p.stat().st_mode & 0o777 != mode:
+            os.chmod(p, mode)
     manifest = {"complete": True, "format": FORMAT, "kind": kind, "step": int(step), "tokens_seen": int(tokens_seen),
                 "metrics": metrics or {}, "created_at": time.time(),
                 "files": {rel: p.stat().st_size for rel, p in files.items()}}

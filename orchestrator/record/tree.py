@@ -246,7 +246,7 @@ class ResultsRoot:
                 yield e
 
     def resolve(self, ref: str) -> Run:
-        """A run from its id, a unique prefix of it, `name/run_id`, a run folder path, or an
+        """A run from its id, a unique prefix or suffix of it, `name/run_id`, a run folder path, or an
         experiment name (its newest run: `orch logs quickstart`). A ref that names a damaged folder
         raises RecordDamaged (exit 1) saying what is wrong with it."""
         found = self._resolve(ref)
@@ -264,6 +264,8 @@ class ResultsRoot:
             ref = check_ref(rid, whole=ref)
         everything = list(self.entries())
         matches = [e for e in everything if e.run_id is not None and e.run_id.startswith(ref)]
+        if not matches and ref:  # the short id `orch status` shows: a unique suffix
+            matches = [e for e in everything if e.run_id is not None and e.run_id.endswith(ref)]
         exact = [e for e in matches if e.run_id == ref]
         if exact:
             return exact[0]

@@ -18,6 +18,11 @@ not about an experiment, so they live in one user-level file, `~/.config/orch/cl
     max_array_size: 1001      # default: read from `scontrol show config` (cached)
     query_interval: 10        # seconds between scheduler queries, shared by all orch processes
     report_dir: ~/public_html/orch   # `orch monitor` rewrites this static report after every pass
+    umask: "0002"             # shared project folders: files 0664, folders 0775 (group members read and write)
+
+`umask` (quoted octal) is applied by every orch command that writes into the results tree and,
+through a `umask` line in job.sh, by every job on either backend, whatever the umask of the shell
+that submitted it; without it, files follow the process umask (0644 under 022, 0600 under 077).
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ class ClusterProfile(BaseModel):
     query_interval: float = Field(5.0, ge=0, description="minimum seconds between squeue/sacct calls")
     cache_dir: Optional[str] = Field(None, description="where the shared query cache lives")
     report_dir: Optional[str] = Field(None, description="`orch monitor` rewrites this static HTML report after every pass")
+    umask: Optional[str] = Field(None, description="quoted octal umask for orch and its jobs, e.g. \"0002\" for "
+                                 "group-shared project folders (files 0664, folders 0775)")
 
     @field_validator("signal")
     @classmethod
@@ -59,6 +66,22 @@ class ClusterProfile(BaseModel):
         if name not in {"USR1", "USR2", "TERM", "INT", "HUP", "URG", "CONT"}:
             raise ValueError(f"unsupported signal {v!r}: use USR1, USR2, TERM, INT or HUP")
         return name
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _umask(cls, v: Any) -> Optional[str]:
+        if v is None:
+            return v
+        if not isinstance(v, str):  # YAML reads 0002 as 2 and 022 as 18: the digits are lost
+            raise ValueError(f"write the umask as a quoted octal string, e.g. umask: \"0002\" (got {v!r})")
+        digits = v.strip().lower().removeprefix("0o")
+        if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits):
+            raise ValueError(f"{v!r} is not an octal umask such as \"0002\", \"0022\" or \"0077\"")
+        return f"{int(digits, 8):04o}"
+
+    @property
+    def umask_bits(self) -> Optional[int]:
+        return int(self.umask, 8) if self.umask else None
 
     @field_validator("template", "cache_dir", "python", "report_dir")
     @classmethod
@@ -73,6 +96,21 @@ def profile_path() -> Path:
         return Path(os.path.expanduser(explicit))
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "orch" / "cluster.yaml"
+
+
+def apply_umask(profile: Optional[ClusterProfile] = None) -> Optional[int]:
+    """Set this process's umask to the profile's `umask` (when it has one); the mask applied or None."""
+    from orchestrator.record.atomicio import set_umask
+
+    mask = (profile or load_profile()).umask_bits
+    if mask is not None:
+        set_umask(mask)
+    return mask
+
+
+def umask_line(profile: ClusterProfile) -> list[str]:
+    """The job script's `umask` line for the profile's setting (none without one)."""
+    return [f"umask {profile.umask}"] if profile.umask else []
 
 
 def load_profile(path: Optional[Path] = None) -> ClusterProfile:

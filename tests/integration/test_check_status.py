@@ -63,7 +63,7 @@ def test_status_checks_column_is_orch_checks_summary(orch, tmp_path: Path) -> No
         assert v["summary"].startswith(f"{sum(x['status'] == 'pass' for x in judged)}/{len(judged)} pass")
 
     status = {r["name"]: r for r in orch.json("status")}
-    cells = _checks_cells(orch("status").stdout)
+    cells = _checks_cells(orch("status", "--wide").stdout)
     for name, v in verdicts.items():
         assert status[name]["checks"] == v["summary"], name
         assert cells[status[name]["run_id"]] == v["summary"], name

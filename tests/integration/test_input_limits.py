@@ -46,7 +46,7 @@ def test_submit_creates_a_missing_results_root(orch: Orch, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["status", "--watch", "-1"], "argument --watch: expected 0.5 to 604800 seconds, got -1"),
+    (["status", "--watch", "-1"], "argument --watch: expected 0.5 to 86400 seconds, got -1"),
     (["status", "--watch", "0"], "argument --watch: expected 0.5"),
     (["status", "--watch", "inf"], "expected a finite number"),
     (["status", "--watch", "nan"], "expected a finite number"),

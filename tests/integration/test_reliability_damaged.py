@@ -67,13 +67,13 @@ def test_damaged_folders_are_named_by_every_command(tree: tuple[Orch, dict[str, 
     results = orch.results
 
     # status: the healthy and odd runs with their state, one DAMAGED row per damaged folder
-    res = orch("status")
+    res = orch("status", "--wide")
     no_traceback(res)
     rows = {line.split()[0]: line for line in res.stdout.splitlines()[1:]}
     for run_id in ["quick-a", "quick-b", *odd]:
-        assert rows[run_id].split()[1] == "COMPLETED", rows[run_id]
+        assert rows[run_id].split()[2] == "COMPLETED", rows[run_id]
     for run_id in [*damaged, "quick-torn"]:
-        assert rows[run_id].split()[1] == "DAMAGED", rows.get(run_id)
+        assert rows[run_id].split()[2] == "DAMAGED", rows.get(run_id)
     names_every(res.stdout, results, damaged)
     summaries = orch.json("status")
     by_id = {s["run_id"]: s for s in summaries}
@@ -83,10 +83,10 @@ def test_damaged_folders_are_named_by_every_command(tree: tuple[Orch, dict[str, 
     assert by_id["quick-a"]["damaged"] is None and by_id["odd-garbage-heartbeat"]["state"] == "COMPLETED"
     assert {s["run_id"] for s in orch.json("status", "--state", "DAMAGED")} == {*damaged, "quick-torn"}
     # asked about a damaged run: its row, and exit 1; asked about healthy ones: exit 0
-    res = orch("status", "empty-list", check=1)
+    res = orch("status", "--wide", "empty-list", check=1)
     assert "DAMAGED" in res.stdout and "expected a JSON object, found list" in res.stdout
     orch("status", "quick-a", "odd-no-spec")
-    res = orch("status", "quick", check=1)  # a name whose runs include a damaged one
+    res = orch("status", "--wide", "quick", check=1)  # a name whose runs include a damaged one
     assert "quick-a" in res.stdout and "quick-torn" in res.stdout and "DAMAGED" in res.stdout
 
     # check --all: every damaged folder named on stderr; verdicts for the rest, exit as theirs
@@ -210,7 +210,7 @@ def test_unreadable_folders_of_another_user_break_no_command(shared_tree: Path) 
         for path, phrase in expected.items():
             assert any(f"{path}: {phrase}" in line for line in text.splitlines()), (path, text)
 
-    res = as_nobody("status")
+    res = as_nobody("status", "--wide")
     named(res.stdout)
     assert "quick-a" in res.stdout and "quick-b" in res.stdout
     rows = {r["run_dir"]: r for r in json.loads(as_nobody("status", "--json").stdout)}

@@ -118,3 +118,10 @@ def test_profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCH_CLUSTER")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty"))
     assert load_profile() == ClusterProfile()
+
+
+def test_profile_umask_starts_the_job_script(tmp_path: Path) -> None:
+    """A cluster profile's `umask` is the job's too, whatever the umask sbatch was called with."""
+    shared = render(make_spec(), ClusterProfile(umask="0002"))
+    assert "\numask 0002\n" in shared and shared.index("umask 0002") < shared.index("-m orchestrator.job")
+    assert "umask" not in render(make_spec(), ClusterProfile())

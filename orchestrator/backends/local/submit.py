@@ -20,6 +20,7 @@ from orchestrator.record import record
 from orchestrator.record.record import attempt_n
 from orchestrator.record.states import State
 from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
+from orchestrator.spec.profile import ClusterProfile, load_profile, umask_line
 
 KILL_WAIT = float(os.environ.get("ORCH_KILL_WAIT", "10"))  # SIGTERM -> SIGKILL grace (Slurm's KillWait)
 
@@ -76,6 +77,14 @@ def render_env_exports(env: dict[str, str]) -> list[str]:
 
 class LocalBackend(Backend):
     name = "local"
+    _profile: Optional[ClusterProfile] = None
+
+    @property
+    def profile(self) -> ClusterProfile:
+        """The cluster profile (read once per backend object): its `umask` goes into job.sh."""
+        if self._profile is None:
+            self._profile = load_profile()
+        return self._profile
 
     def render(self, item: SubmitItem, group: SubmitGroup) -> str:
         spec, paths = item.spec, item.run.paths
@@ -86,6 +95,7 @@ class LocalBackend(Backend):
             f"# orch local job: run {item.run.run_id} ({spec.name})",
             "set -eo pipefail",
             f"cd {q(os.getcwd())}",
+            *umask_line(self.profile),
         ]
         if spec.resources.setup:
             lines.append("# setup lines from the spec (resources.setup)")

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.spec.profile import ClusterProfile
+from orchestrator.spec.profile import ClusterProfile, umask_line
 from orchestrator.errors import UserError
 from orchestrator.spec.schema import Spec, format_slurm_time
 
@@ -158,7 +158,7 @@ def render_job(spec: Spec, profile: ClusterProfile, *, run_id: str, run_dir: Pat
     except OSError as exc:
         raise UserError(f"cannot read the sbatch template {path}: {exc.strerror}",
                         hint="resources.template (spec) or template (cluster profile) names it")
-    env = [f"export {k}={q(str(v))}" for k, v in spec.env.items()]
+    env = umask_line(profile) + [f"export {k}={q(str(v))}" for k, v in spec.env.items()]
     env.append(f"export ORCH_RESULTS_ROOT={q(str(results_root))}")
     setup = [*profile.setup, *res.setup]
     values = {
