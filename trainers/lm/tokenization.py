@@ -256,6 +256,14 @@ def document_chunks(pieces: Iterable[str], chunk_chars: int | None = None) -> It
     return _chunks(pieces, chunk_chars or CHUNK_CHARS, _before_safe_newline)
 
 
+def _training_pieces(text: str | Iterable[str], piece_chars: int = 1 << 16) -> Iterator[str]:
+    """`text_chunks` cut again into small pieces at `document_chunks`' cuts: the BPE trainer counts the
+    same pre-tokenized words (so learns the same merges) while its read-ahead of 256 texts holds a few
+    megabytes instead of 256 chunks of a megabyte."""
+    for chunk in text_chunks(text):
+        yield from document_chunks([chunk], piece_chars)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Train a GPT-2-style byte-level BPE (no unknown tokens, `<|endoftext|>` as EOS)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -295,7 +303,7 @@ def build_tokenizer(cfg: Any, train_text: str | Iterable[str], out_dir: Path | N
     if kind == "char":
         tok: TextTokenizer = CharTokenizer.from_text(train_text)
     elif kind == "bpe":
-        tok = train_bpe(text_chunks(train_text), int(_opt(cfg, "vocab_size", 50257)))
+        tok = train_bpe(_training_pieces(train_text), int(_opt(cfg, "vocab_size", 50257)))
     elif kind == "pretrained":
         name = _opt(cfg, "name_or_path")
         if not name:
