@@ -82,6 +82,7 @@ def load_for_generation(run_dir: Path, step: Optional[int] = None, best: bool = 
     """(model in eval mode on `device`, the run's tokenizer, which checkpoint) for `orch generate`."""
     from transformers import AutoModelForCausalLM
 
+    import trainers.lm.fastgpt  # noqa: F401  (registers the lm trainer's own arch with the Auto classes)
     from trainers.lm.tokenization import load_tokenizer
 
     info = ck.find(run_dir, step=step, best=best)

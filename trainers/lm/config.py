@@ -18,7 +18,7 @@ from orchestrator.spec.sections import EvalSpec, Section, Spec
 class ModelSpec(Section):
     """A GPT-style model built from a transformers config."""
 
-    arch: Literal["gpt2", "llama", "mistral"] = "gpt2"
+    arch: Literal["gpt2", "llama", "mistral", "nanogpt"] = "gpt2"
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: Optional[int] = Field(None, ge=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("gpt2", "llama", "mistral")
+ARCHS = ("gpt2", "llama", "mistral", "nanogpt")
 
 
 def _opt(cfg: Any, name: str, default: Any = None) -> Any:
@@ -55,7 +55,9 @@ def build_config(
         # Learned absolute positions: n_positions is a hard limit, so it is exactly the training window.
         config = GPT2Config(
             n_positions=seq_len, n_embd=d_model, n_layer=int(_opt(model_cfg, "n_layer", 4)), n_head=n_head,
-            n_inner=d_ff, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **common,
+            n_inner=d_ff, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+            # GPT-2's tanh GELU as one fused kernel (the default "gelu_new" is five elementwise ops)
+            activation_function="gelu_pytorch_tanh", **common,
         )
     elif arch in ("llama", "mistral"):
         rope = dict(
@@ -67,6 +69,11 @@ def build_config(
             config = LlamaConfig(**rope)
         else:
             config = MistralConfig(sliding_window=_opt(model_cfg, "sliding_window"), **rope)
+    elif arch == "nanogpt":  # gpt2's network, written lean (trainers/lm/fastgpt.py)
+        from trainers.lm.fastgpt import NanoGPTConfig
+
+        config = NanoGPTConfig(n_positions=seq_len, n_embd=d_model, n_layer=int(_opt(model_cfg, "n_layer", 4)),
+                               n_head=n_head, n_inner=d_ff, dropout=dropout, **common)
     else:
         raise ValueError(f"unknown model.arch {arch!r}: expected one of {', '.join(ARCHS)}")
     config.train_seq_len = seq_len  # kept in config.json: generation crops its context to this window
@@ -83,6 +90,8 @@ def build_model(
 ) -> Any:
     """A freshly initialized `transformers.PreTrainedModel`, or `model.init_from` (folder or hub id) loaded."""
     from transformers import AutoModelForCausalLM
+
+    import trainers.lm.fastgpt  # noqa: F401  (registers arch nanogpt with the Auto classes)
 
     init_from = _opt(model_cfg, "init_from")
     if init_from:
@@ -178,7 +187,7 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 def supports_length_extrapolation(model: Any) -> tuple[bool, str]:
     """Whether the model can run on sequences longer than it was trained on, and why (not)."""
     config = model.config
-    if getattr(config, "model_type", "") == "gpt2":
+    if getattr(config, "model_type", "") in ("gpt2", "orch_nanogpt"):
         return False, (
             f"gpt2 uses learned absolute position embeddings for {config.n_positions} positions; "
             f"positions beyond {config.n_positions} have no embedding, so it cannot run longer sequences"
