@@ -74,3 +74,17 @@ def test_nanogpt_saves_in_hugging_face_format_and_loads_and_generates_in_a_fresh
                               "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == ["NanoGPTForCausalLM True", repr(mine)]
+
+
+def test_nanogpt_generates_through_transformers_generate_within_its_window():
+    from trainers.framework.generation import generate
+    from trainers.lm.tokenization import CharTokenizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch="nanogpt", **SIZES), V).eval()
+    tok = CharTokenizer([chr(ord("a") + i) for i in range(26)] + [chr(ord("A") + i) for i in range(24)])
+    hf = generate(model, tok, ["abc"], max_new_tokens=8, temperature=0)  # fits the window: model.generate
+    ids = torch.tensor([tok.encode("abc")])
+    for _ in range(8):  # greedy by hand
+        ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert hf == [tok.decode(ids[0, 3:].tolist())]

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
 MODEL_TYPE = "orch_nanogpt"
 
@@ -75,6 +75,18 @@ class NanoGPTModel(nn.Module):
         self.ln_f = nn.LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
         self.dropout = c.dropout
 
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> BaseModelOutput:
+        """The final hidden states (after the final norm), what the LM head reads."""
+        T = input_ids.size(1)
+        if T > self.wpe.num_embeddings:
+            raise ValueError(f"sequence of {T} tokens is longer than n_positions={self.wpe.num_embeddings}")
+        x = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True)
+        for block in self.h:
+            x = block(x)
+        return BaseModelOutput(last_hidden_state=self.ln_f(x))
+
 
 class NanoGPTForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = NanoGPTConfig
@@ -117,29 +129,24 @@ class NanoGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> CausalLMOutput:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, **_: Any) -> CausalLMOutput:
         """Logits for every position (and the shifted next-token loss when `labels` are given).
 
-        Other keyword arguments (attention_mask, cache arguments from `generate`) are ignored: every
-        row is a full causal sequence, as in training.
+        Every row is a full causal sequence, as in training: an `attention_mask` may only be all ones
+        (what `generate` passes for unpadded prompts); cache arguments from `generate` are ignored.
         """
-        t = self.transformer
-        T = input_ids.size(1)
-        if T > self.config.n_positions:
-            raise ValueError(f"sequence of {T} tokens is longer than n_positions={self.config.n_positions}")
-        x = t.wte(input_ids) + t.wpe(torch.arange(T, device=input_ids.device))
-        if t.dropout and self.training:
-            x = F.dropout(x, t.dropout, True)
-        for block in t.h:
-            x = block(x)
-        logits = self.lm_head(t.ln_f(x))
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("nanogpt does not support padding: attention_mask must be all ones")
+        logits = self.lm_head(self.transformer(input_ids).last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
         return CausalLMOutput(loss=loss, logits=logits)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **_: Any) -> dict[str, Any]:
-        return {"input_ids": input_ids}
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                                      **kwargs: Any) -> dict[str, Any]:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 AutoConfig.register(MODEL_TYPE, NanoGPTConfig)
