@@ -137,6 +137,8 @@ def _table_splits(ds: Any, text_field: str, val_fraction: float | None) -> tuple
         raise ValueError(f"data.text_field {text_field!r} is not a column; the columns are {ds.column_names}")
     ds = ds.select_columns([text_field])
     rows = len(ds)
+    if rows == 0:
+        raise ValueError("the data has no rows")
     if val_fraction is None:
         return Split(rows, lambda: _rows(ds, text_field, 0, rows)), None
     if rows == 1:
