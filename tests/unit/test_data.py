@@ -274,6 +274,9 @@ def test_sampler_resumes_after_batch_halving_at_the_same_token_position() -> Non
 # --------------------------------------------------------------------------- streaming = the joined text
 
 
+_REFERENCE_BPE: dict = {}
+
+
 def _reference_tokens(train_docs: list[str], val_docs: list[str], tok_cfg: TokenizerSpec, chunk: int):
     """The pre-streaming path, kept here as the reference: join each split into one string, build
     the tokenizer on it, encode the joined text in line-end chunks (or each document + EOS)."""
@@ -293,7 +296,13 @@ def _reference_tokens(train_docs: list[str], val_docs: list[str], tok_cfg: Token
             start = end
 
     train, val = join(train_docs), join(val_docs)
-    tok = CharTokenizer(sorted(set(train + val))) if tok_cfg.type == "char" else train_bpe(chunks(train), tok_cfg.vocab_size)
+    if tok_cfg.type == "char":
+        tok = CharTokenizer(sorted(set(train + val)))
+    else:  # the same for the bpe and bpe-eos cases: learned once
+        key = (hash(train), tok_cfg.vocab_size, chunk)
+        if key not in _REFERENCE_BPE:
+            _REFERENCE_BPE[key] = train_bpe(chunks(train), tok_cfg.vocab_size)
+        tok = _REFERENCE_BPE[key]
 
     def encode(docs: list[str], text: str) -> list[int]:
         if tok_cfg.add_eos and tok.eos_id is not None:
