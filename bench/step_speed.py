@@ -10,7 +10,8 @@ builtin grammar corpus when it is absent). Sides, interleaved in one run
   plain     nanoGPT's model.py and train.py loop written out here: pre-norm blocks, fused QKV, SDPA
             causal attention, tied embeddings, fused AdamW (nanoGPT's decay groups), cosine lr, clip 1.0,
             nanoGPT's get_batch; no logging, one host sync at the end
-  plain-hf  the same loop around the trainer's model (`build_model`: transformers' GPT-2): the model's share
+  plain[A]  the same loop around the trainer's model for the first `--arch` A (`build_model`; for gpt2,
+            transformers' GPT-2): the model's share of any gap
   trainer   the `lm` trainer (`LMTrainer.fit`, Accelerate, diagnostics every log_every steps, heartbeat,
             signal and budget checks), once per `--arch`
 
@@ -188,7 +189,7 @@ def main() -> int:
     job.pop("checks", None)
     specs = {arch: LMSpec.model_validate({**job, "model": {**job["model"], "arch": arch}}) for arch in args.arch}
     base = specs[args.arch[0]]
-    sides = ["plain", "plain-hf"] + [f"trainer[{a}]" for a in args.arch]
+    sides = ["plain", f"plain[{args.arch[0]}]"] + [f"trainer[{a}]" for a in args.arch]
     rates: dict[str, list[tuple[float, float]]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results"
@@ -203,7 +204,7 @@ def main() -> int:
                 if side == "plain":
                     model = GPT(vocab, m.max_seq_len, m.n_layer, m.n_head, m.d_model)
                     r = plain_loop(model, base, data.train, args.steps, args.warmup)
-                elif side == "plain-hf":
+                elif side.startswith("plain["):
                     from trainers.lm.models import build_model
 
                     r = plain_loop(HFLoss(build_model(m, vocab)), base, data.train, args.steps, args.warmup)
