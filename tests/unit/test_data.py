@@ -269,3 +269,99 @@ def test_sampler_resumes_after_batch_halving_at_the_same_token_position() -> Non
     other = BlockSampler(tokens, block_size=32, batch_size=4, seed=3)
     with pytest.raises(ValueError, match="block_size"):
         other.load_state_dict(big.state_dict())
+
+
+# --------------------------------------------------------------------------- streaming = the joined text
+
+
+_REFERENCE_BPE: dict = {}
+
+
+def _reference_tokens(train_docs: list[str], val_docs: list[str], tok_cfg: TokenizerSpec, chunk: int):
+    """The pre-streaming path, kept here as the reference: join each split into one string, build
+    the tokenizer on it, encode the joined text in line-end chunks (or each document + EOS)."""
+    from trainers.lm.tokenization import CharTokenizer, train_bpe
+
+    def join(docs: list[str]) -> str:
+        return docs[0] if len(docs) == 1 else "".join(d if d.endswith("\n") else d + "\n" for d in docs)
+
+    def chunks(text: str):
+        start = 0
+        while start < len(text):
+            end = min(start + chunk, len(text))
+            if end < len(text):
+                newline = text.rfind("\n", start, end)
+                end = newline + 1 if newline > start else end
+            yield text[start:end]
+            start = end
+
+    train, val = join(train_docs), join(val_docs)
+    if tok_cfg.type == "char":
+        tok = CharTokenizer(sorted(set(train + val)))
+    else:  # the same for the bpe and bpe-eos cases: learned once
+        key = (hash(train), tok_cfg.vocab_size, chunk)
+        if key not in _REFERENCE_BPE:
+            _REFERENCE_BPE[key] = train_bpe(chunks(train), tok_cfg.vocab_size)
+        tok = _REFERENCE_BPE[key]
+
+    def encode(docs: list[str], text: str) -> list[int]:
+        if tok_cfg.add_eos and tok.eos_id is not None:
+            return [i for ids in tok.encode_batch(docs) for i in ids + [tok.eos_id]]
+        return [i for ids in tok.encode_batch(list(chunks(text))) for i in ids]
+
+    return tok, encode(train_docs, train), encode(val_docs, val)
+
+
+STREAM_TOKENIZERS = [TokenizerSpec(type="char"), TokenizerSpec(type="bpe", vocab_size=300),
+                     TokenizerSpec(type="bpe", vocab_size=300, add_eos=True)]
+
+
+@pytest.mark.parametrize("tok_cfg", STREAM_TOKENIZERS, ids=["char", "bpe", "bpe-eos"])
+@pytest.mark.parametrize("source", ["shakespeare", "jsonl"])
+def test_streamed_tokens_equal_those_of_the_joined_text(tmp_path: Path, monkeypatch, source: str, tok_cfg):
+    """Streaming (text read in pieces, rows in batches, tokens written per batch) changes no token.
+
+    Small chunk/read/batch sizes put hundreds of boundaries into the corpus: chunks cut across read
+    pieces and documents, long documents with EOS are cut in `document_chunks`.
+    """
+    from trainers.lm import data as data_mod, tokenization
+
+    monkeypatch.setattr(tokenization, "CHUNK_CHARS", 20_000)
+    monkeypatch.setattr(data_mod, "_READ_CHARS", 7_777)
+    monkeypatch.setattr(data_mod, "_ROWS_PER_READ", 37)
+    monkeypatch.setattr(data_mod, "_BATCH_CHARS", 50_000)
+    if source == "shakespeare":
+        if not SHAKESPEARE.exists():
+            pytest.skip(f"Tiny Shakespeare is not at {SHAKESPEARE} (the shared data folder is absent)")
+        text = SHAKESPEARE.read_text(encoding="utf-8")
+        cut = int(len(text) * 0.9)
+        train_docs, val_docs = [text[:cut]], [text[cut:]]
+        data_cfg = DataSpec(path=str(SHAKESPEARE))
+    else:  # rows with and without a final newline, empty ones, and one longer than a chunk
+        words = ["alpha", "beta  gamma", "delta\n", "", "epsilon.\n\n", "  zeta\neta"]
+        docs = [" ".join(words[(i * 7 + j) % 6] for j in range(i % 23)) for i in range(4000)]
+        docs[1234] = "a long row, line after line.\n" * 2000
+        (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+        n = int(len(docs) * 0.9)
+        train_docs, val_docs = docs[:n], docs[n:]
+        data_cfg = DataSpec(path="d.jsonl")
+    ref_tok, ref_train, ref_val = _reference_tokens(train_docs, val_docs, tok_cfg, 20_000)
+    data = tokenize_to_memmap(data_cfg, tok_cfg, tmp_path, tmp_path / "cache", None)
+    assert data.tokenizer.vocab_size == ref_tok.vocab_size
+    if tok_cfg.type == "char":
+        assert data.tokenizer.chars == ref_tok.chars
+    else:
+        assert data.tokenizer.hf.backend_tokenizer.to_str() == ref_tok.hf.backend_tokenizer.to_str()
+    assert np.array_equal(data.train, np.array(ref_train)) and np.array_equal(data.val, np.array(ref_val))
+    joins = 0 if len(train_docs) == 1 or tok_cfg.add_eos else sum(not d.endswith("\n") for d in train_docs)
+    assert data.meta["train_chars"] == sum(len(t) for t in train_docs) + joins  # the characters encoded
+
+
+def test_streaming_reads_the_file_as_the_datasets_text_loader_does(tmp_path: Path):
+    """Windows and old-Mac line ends read as "\n" (universal newlines), as `load_dataset("text")` reads them."""
+    import datasets
+
+    (tmp_path / "c.txt").write_bytes(("line one\r\nline two\rline three\n" * 50).encode() + "é✓".encode())
+    train, val = load_text(DataSpec(path="c.txt"), tmp_path)
+    whole = datasets.load_dataset("text", data_files=str(tmp_path / "c.txt"), sample_by="document", split="train")[0]["text"]
+    assert train + val == whole and "\r" not in whole and len(train) == int(len(whole) * 0.9)

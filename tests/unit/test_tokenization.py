@@ -81,3 +81,38 @@ def test_pretrained_tokenizer_loads_a_local_folder(tmp_path: Path):
 def test_unknown_tokenizer_type_is_rejected():
     with pytest.raises(ValueError, match="unknown tokenizer.type"):
         build_tokenizer({"type": "wordpiece"}, TEXT, None)
+
+
+def test_text_chunks_are_the_same_for_the_whole_string_and_any_pieces_of_it():
+    import random
+
+    from trainers.lm.tokenization import text_chunks
+
+    text = "".join(random.Random(0).choice(["ab", "c\n", "\n\n", "defgh ", "\n"]) for _ in range(5000))
+    whole = list(text_chunks(text, 997))
+    assert "".join(whole) == text and all(len(c) <= 997 for c in whole) and len(whole) > 10
+    for seed in range(3):
+        rng, pieces, i = random.Random(seed), [], 0
+        while i < len(text):
+            n = rng.choice([0, 1, 50, 3000])
+            pieces.append(text[i : i + n])
+            i += n
+        assert list(text_chunks(iter(pieces), 997)) == whole
+
+
+def test_document_chunks_encode_to_the_ids_of_the_whole_document():
+    from trainers.lm.tokenization import document_chunks
+
+    tok = build_tokenizer(TokenizerSpec(type="bpe", vocab_size=300), TEXT, None)
+    doc = (TEXT + "  indented\n\n\nx\n \n") * 30
+    chunks = list(document_chunks([doc], 500))
+    assert "".join(chunks) == doc and len(chunks) > 20
+    assert [i for ids in tok.encode_batch(chunks) for i in ids] == tok.encode(doc)
+
+
+def test_char_encode_arrays_equal_encode():
+    tok = CharTokenizer.from_text(iter(["hello ", "wörld\n", "✓"]))
+    assert tok.chars == sorted(set("hello wörld\n✓"))
+    assert [a.tolist() for a in tok.encode_arrays(["hello", "✓ wörld", ""])] == [tok.encode("hello"), tok.encode("✓ wörld"), []]
+    with pytest.warns(UserWarning):
+        assert tok.encode_arrays(["hex"])[0].tolist() == tok.encode("he")  # unknown characters dropped, as encode

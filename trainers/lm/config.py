@@ -22,7 +22,7 @@ from orchestrator.spec.registry import TrainerInfo
 from orchestrator.spec.sections import EvalSpec, Section, Spec
 
 
-BUILTIN_ARCHS = ("gpt2", "llama", "mistral", "ttt")  # ttt: trainers.lm.ttt (Sun et al. 2024)
+BUILTIN_ARCHS = ("gpt2", "llama", "mistral", "ttt", "nanogpt")  # ttt: trainers.lm.ttt (Sun et al. 2024)
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _NO_SLIDING_WINDOW = ("gpt2", "llama", "ttt")
 
@@ -72,7 +72,7 @@ def check_arch(arch: str) -> str:
     known = list(BUILTIN_ARCHS) + list(transformers_causal_lm_types())
     close = difflib.get_close_matches(arch, known, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    raise ValueError(f"unknown model.arch {arch!r}: {hint}expected 'gpt2', 'llama', 'mistral', 'ttt', any transformers "
+    raise ValueError(f"unknown model.arch {arch!r}: {hint}expected 'gpt2', 'llama', 'mistral', 'nanogpt', 'ttt', any transformers "
                      f"causal-LM model type ({len(known) - len(BUILTIN_ARCHS)} known, e.g. qwen2, gpt_neox, phi, olmo, "
                      "deepseek_v3) or a PreTrainedModel class as 'package.module:Class'")
 
@@ -85,7 +85,7 @@ class ModelSpec(Section):
     rope settings, the TTT inner loop ...), after the mapped ones, so they win.
     """
 
-    arch: str = Field("gpt2", description="gpt2, llama, mistral, ttt, any transformers causal-LM model type "
+    arch: str = Field("gpt2", description="gpt2, llama, mistral, nanogpt, ttt, any transformers causal-LM model type "
                       "(qwen2, gpt_neox, phi, olmo, deepseek_v3 ...) or 'package.module:Class'")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)

@@ -1,6 +1,5 @@
 """Data for the `lm` trainer: text in, a cached token memmap out, nanoGPT-style random blocks.
 
-    train_text, val_text = load_text(data_cfg, spec_dir)
     data = tokenize_to_memmap(data_cfg, tok_cfg, spec_dir, cache_root, run_dir / "tokenizer")
     sampler = BlockSampler(data.train, block_size=64, batch_size=12, seed=1337)
     x, y = sampler.next_batch(device)
@@ -8,6 +7,12 @@
 Tokenization happens once per (data source, tokenizer config): the result lands in
 `cache_root/<hash>/` (written to a temporary folder, then renamed, under a file lock),
 so a sweep of 20 runs that start together tokenizes once and the others memory-map it.
+
+The corpus streams from disk to the memmap: a text file is read a megabyte at a time (decoded
+as `datasets`' own text loader reads it), rows of json/jsonl/parquet/csv files and hub datasets
+are read in batches from `datasets`' memory-mapped Arrow tables, and the tokens are written as
+each batch is encoded. Neither the corpus nor its joined text is ever held whole, so WikiText-103
+tokenizes in well under 2 GB. The tokens are those of the joined text (`load_text`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.lm.tokenization import TextTokenizer, _text_chunks, build_tokenizer, load_tokenizer
+from trainers.lm import tokenization
+from trainers.lm.tokenization import TextTokenizer, build_tokenizer, document_chunks, load_tokenizer, text_chunks
 
 CACHE_FORMAT = 1  # bump when the layout of a cache entry changes
 _HASH_CONTENT_BELOW = 64 << 20  # files smaller than this are identified by content, larger by size+mtime
 _TEXT_SUFFIXES = {".txt", ".text", ".md", ".raw", ".tokens"}
 _LOADERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_READ_CHARS = 1 << 20  # a text file is read this many characters at a time
+_ROWS_PER_READ = 1000  # rows of a `datasets` table converted to Python strings at a time
+_BATCH_CHARS = 8 << 20  # text per `encode_batch` call: the encoder's thread pool gets work for every core
 
 
 def _opt(cfg: Any, name: str, default: Any = None) -> Any:
@@ -43,7 +53,29 @@ def _opt(cfg: Any, name: str, default: Any = None) -> Any:
     return getattr(cfg, name, default)
 
 
-# --------------------------------------------------------------------------- loading text
+# --------------------------------------------------------------------------- streaming text
+
+
+@dataclass
+class Split:
+    """One split as a stream of documents, each a stream of text pieces; `docs()` starts a new pass."""
+
+    n_docs: int
+    docs: Callable[[], Iterator[Iterable[str]]]
+    chars: int | None = None  # its length in characters when known without a pass (progress bars)
+
+    def text(self) -> Iterator[str]:
+        """The split's text in pieces: its documents joined, each ending with a newline when there are
+        several (rows that already end with one, as wikitext lines, are kept as they are)."""
+        join = self.n_docs > 1
+        for doc in self.docs():
+            last = ""
+            for piece in doc:
+                if piece:
+                    yield piece
+                    last = piece
+            if join and not last.endswith("\n"):
+                yield "\n"
 
 
 def _resolve(path: str, spec_dir: Path) -> Path:
@@ -51,84 +83,121 @@ def _resolve(path: str, spec_dir: Path) -> Path:
     return p if p.is_absolute() else (Path(spec_dir) / p).resolve()
 
 
-def _column(ds: Any, text_field: str) -> list[str]:
-    if text_field not in ds.column_names:
-        raise ValueError(f"data.text_field {text_field!r} is not a column; the columns are {ds.column_names}")
-    return [t or "" for t in ds[text_field]]
-
-
-def _load_file(path: Path, text_field: str) -> list[str]:
-    """A local file as a list of documents, through Hugging Face `datasets`."""
-    import datasets
-
-    if not path.exists():
-        raise FileNotFoundError(f"data.path {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in _TEXT_SUFFIXES:
-        # sample_by="document": the whole file is one row, byte for byte (nanoGPT splits by characters).
-        ds = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
-        return _column(ds, "text")
-    if suffix in _LOADERS:
-        ds = datasets.load_dataset(_LOADERS[suffix], data_files=str(path), split="train")
-        return _column(ds, text_field)
-    raise ValueError(f"data.path {path}: unsupported file type {suffix!r} (use .txt, .json, .jsonl, .parquet or .csv)")
-
-
-def _load_hub(name: str, config: str | None, text_field: str) -> tuple[list[str], list[str] | None]:
-    """A hub dataset's train split and its validation split when it has one."""
-    import datasets
-
-    dsd = datasets.load_dataset(name, config)
-    if "train" not in dsd:
-        raise ValueError(f"hub dataset {name!r} has no train split (splits: {list(dsd)})")
-    val_name = next((s for s in ("validation", "valid", "val") if s in dsd), None)
-    val = _column(dsd[val_name], text_field) if val_name else None
-    return _column(dsd["train"], text_field), val
-
-
-def _split(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Hold out the last `val_fraction`: of the characters for one document (as nanoGPT), else of the documents."""
+def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-    if len(docs) == 1:
-        text = docs[0]
-        n = int(len(text) * (1.0 - val_fraction))
-        return [text[:n]], [text[n:]]
-    n = min(len(docs) - 1, max(1, int(len(docs) * (1.0 - val_fraction))))
-    return docs[:n], docs[n:]
 
 
-def load_documents(data_cfg: Any, spec_dir: Path) -> tuple[list[str], list[str]]:
-    """(train documents, validation documents) from `data.builtin`, `data.path` or `data.hub`."""
+def _read_file_chars(path: Path, start: int, stop: int | None) -> Iterator[str]:
+    """Characters [start, stop) of a UTF-8 text file, a piece at a time.
+
+    Opened in text mode exactly as `datasets`' text loader opens it (universal newlines: "\r\n"
+    and "\r" read as "\n"), so the text is the one `load_dataset("text", ...)` would give.
+    """
+    pos = 0
+    with open(path, encoding="utf-8") as f:
+        while stop is None or pos < stop:
+            piece = f.read(_READ_CHARS)
+            if not piece:
+                return
+            lo, hi = max(start - pos, 0), len(piece) if stop is None else min(stop - pos, len(piece))
+            pos += len(piece)
+            if lo < hi:
+                yield piece if (lo, hi) == (0, len(piece)) else piece[lo:hi]
+
+
+def _text_file_splits(path: Path, val_fraction: float) -> tuple[Split, Split]:
+    """A text file is one document: the last `val_fraction` of its characters validates (nanoGPT)."""
+    n = sum(len(piece) for piece in _read_file_chars(path, 0, None))  # one pass: its length in characters
+    cut = int(n * (1.0 - val_fraction))
+    return (Split(1, lambda: iter([_read_file_chars(path, 0, cut)]), cut),
+            Split(1, lambda: iter([_read_file_chars(path, cut, None)]), n - cut))
+
+
+def _text_splits(text: str, val_fraction: float) -> tuple[Split, Split]:
+    cut = int(len(text) * (1.0 - val_fraction))
+    train, val = text[:cut], text[cut:]
+    return Split(1, lambda: iter([(train,)]), len(train)), Split(1, lambda: iter([(val,)]), len(val))
+
+
+def _rows(ds: Any, text_field: str, start: int, stop: int) -> Iterator[Iterable[str]]:
+    """Rows [start, stop) of a `datasets.Dataset` column, each a one-piece document (None reads as "")."""
+    for lo in range(start, stop, _ROWS_PER_READ):
+        batch = ds[lo : min(lo + _ROWS_PER_READ, stop)][text_field]
+        for text in batch:
+            yield (text or "",)
+
+
+def _table_splits(ds: Any, text_field: str, val_fraction: float | None) -> tuple[Split, Split | None]:
+    """A `datasets` table as splits: the last `val_fraction` of its rows validates (None: no split).
+
+    A one-row table is one document and is split by characters, as a text file is.
+    """
+    if text_field not in ds.column_names:
+        raise ValueError(f"data.text_field {text_field!r} is not a column; the columns are {ds.column_names}")
+    ds = ds.select_columns([text_field])
+    rows = len(ds)
+    if rows == 0:
+        raise ValueError("the data has no rows")
+    if val_fraction is None:
+        return Split(rows, lambda: _rows(ds, text_field, 0, rows)), None
+    if rows == 1:
+        return _text_splits(ds[0][text_field] or "", val_fraction)
+    n = min(rows - 1, max(1, int(rows * (1.0 - val_fraction))))
+    return Split(n, lambda: _rows(ds, text_field, 0, n)), Split(rows - n, lambda: _rows(ds, text_field, n, rows))
+
+
+def _load_table(path: Path) -> Any:
+    """A local json/jsonl/parquet/csv file as a memory-mapped `datasets` table."""
+    import datasets
+
+    suffix = path.suffix.lower()
+    if suffix not in _LOADERS:
+        raise ValueError(f"data.path {path}: unsupported file type {suffix!r} (use .txt, .json, .jsonl, .parquet or .csv)")
+    return datasets.load_dataset(_LOADERS[suffix], data_files=str(path), split="train")
+
+
+def load_splits(data_cfg: Any, spec_dir: Path) -> tuple[Split, Split]:
+    """(train, validation) streams for `data.builtin`, `data.path` or `data.hub`; nothing is read yet
+    but a text file's length (one pass) and a `datasets` table's preparation (Arrow on disk)."""
     text_field = _opt(data_cfg, "text_field", "text") or "text"
     val_fraction = float(_opt(data_cfg, "val_fraction", 0.1))
-    val: list[str] | None = None
+    _check_fraction(val_fraction)
     if _opt(data_cfg, "builtin"):
         from trainers.lm.corpora import builtin_text
 
-        train = [builtin_text(_opt(data_cfg, "builtin"))]
-    elif _opt(data_cfg, "path"):
-        train = _load_file(_resolve(_opt(data_cfg, "path"), spec_dir), text_field)
-    elif _opt(data_cfg, "hub"):
-        train, val = _load_hub(_opt(data_cfg, "hub"), _opt(data_cfg, "config"), text_field)
-    else:
-        raise ValueError("the data section needs one of: builtin, path, hub")
-    if val is None:
-        train, val = _split(train, val_fraction)
-    return train, val
+        return _text_splits(builtin_text(_opt(data_cfg, "builtin")), val_fraction)
+    if _opt(data_cfg, "path"):
+        path = _resolve(_opt(data_cfg, "path"), spec_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"data.path {path} does not exist")
+        if path.suffix.lower() in _TEXT_SUFFIXES:
+            return _text_file_splits(path, val_fraction)
+        train, val = _table_splits(_load_table(path), text_field, val_fraction)
+        assert val is not None
+        return train, val
+    if _opt(data_cfg, "hub"):
+        import datasets
 
-
-def join_documents(docs: Sequence[str]) -> str:
-    """One text from many rows: rows that end with a newline (wikitext lines) are kept as they are."""
-    if len(docs) == 1:
-        return docs[0]
-    return "".join(d if d.endswith("\n") else d + "\n" for d in docs)
+        name = _opt(data_cfg, "hub")
+        dsd = datasets.load_dataset(name, _opt(data_cfg, "config"), revision=_opt(data_cfg, "revision"))
+        if "train" not in dsd:
+            raise ValueError(f"hub dataset {name!r} has no train split (splits: {list(dsd)})")
+        val_name = next((s for s in ("validation", "valid", "val") if s in dsd), None)
+        if val_name is None:
+            train, val = _table_splits(dsd["train"], text_field, val_fraction)
+        else:  # its own validation split, whole
+            train, _ = _table_splits(dsd["train"], text_field, None)
+            val, _ = _table_splits(dsd[val_name], text_field, None)
+        assert val is not None
+        return train, val
+    raise ValueError("the data section needs one of: builtin, path, hub")
 
 
 def load_text(data_cfg: Any, spec_dir: Path) -> tuple[str, str]:
-    """(train_text, val_text) for a spec's `data:` section; relative paths are relative to `spec_dir`."""
-    train, val = load_documents(data_cfg, spec_dir)
-    return join_documents(train), join_documents(val)
+    """(train_text, val_text) in memory, for small corpora and tests; the token cache streams `load_splits`."""
+    train, val = load_splits(data_cfg, spec_dir)
+    return "".join(train.text()), "".join(val.text())
 
 
 # --------------------------------------------------------------------------- the token cache
@@ -203,40 +272,93 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
 
 
-def _encoded_pieces(docs: list[str], tok: TextTokenizer, add_eos: bool, batch: int = 256) -> Iterator[list[int]]:
-    """Token ids of a split, in order, a piece at a time (memory stays flat on big corpora)."""
-    if add_eos and tok.eos_id is not None:
-        for i in range(0, len(docs), batch):
-            for ids in tok.encode_batch(docs[i : i + batch]):
-                yield ids + [tok.eos_id]
+def _progress(desc: str, total: int | None) -> Any:
+    """A tqdm bar on stderr for a long preparation: it appears only after 5 s, so small corpora print nothing."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="char", unit_scale=True, file=sys.stderr, delay=5.0,
+                mininterval=1.0 if tty else 30.0, dynamic_ncols=tty)
+
+
+def _counted(pieces: Iterable[str], bar: Any) -> Iterator[str]:
+    for piece in pieces:
+        bar.update(len(piece))
+        yield piece
+
+
+def _encode_units(split: Split, per_document: bool) -> Iterator[tuple[str, bool]]:
+    """(text, ends a document) in encoding order: chunks of the joined text, or each document whole
+    (a long one in `document_chunks`, which encode to the same ids) when documents get an EOS."""
+    if not per_document:
+        for chunk in text_chunks(split.text()):
+            yield chunk, False
         return
-    chunks = list(_text_chunks(join_documents(docs)))
-    for i in range(0, len(chunks), batch):
-        yield from tok.encode_batch(chunks[i : i + batch])
+    for doc in split.docs():
+        if isinstance(doc, tuple) and len(doc) == 1 and len(doc[0]) <= tokenization.CHUNK_CHARS:
+            yield doc[0], True
+            continue
+        prev = None
+        for chunk in document_chunks(doc):
+            if prev is not None:
+                yield prev, False
+            prev = chunk
+        yield prev or "", True
 
 
-def _write_tokens(path: Path, pieces: Iterator[list[int]], dtype: np.dtype) -> int:
-    n = 0
-    with open(path, "wb") as f:
-        for ids in pieces:
-            np.asarray(ids, dtype=dtype).tofile(f)
-            n += len(ids)
-    return n
+def _batches(units: Iterator[tuple[str, bool]], batch_chars: int) -> Iterator[list[tuple[str, bool]]]:
+    batch: list[tuple[str, bool]] = []
+    size = 0
+    for unit in units:
+        batch.append(unit)
+        size += len(unit[0])
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_split(path: Path, split: Split, tok: TextTokenizer, eos_id: int | None, dtype: np.dtype,
+                 desc: str) -> tuple[int, int]:
+    """Encode `split` batch by batch straight into `path`; (tokens written, characters encoded).
+
+    The tokens are those of `tok.encode_batch(list(text_chunks(joined text)))`, concatenated; with
+    `eos_id`, those of each document followed by `eos_id`.
+    """
+    n_tokens = n_chars = 0
+    eos = np.array([eos_id if eos_id is not None else 0], dtype=dtype)
+    with open(path, "wb") as f, _progress(desc, split.chars) as bar:
+        for batch in _batches(_encode_units(split, eos_id is not None), _BATCH_CHARS):
+            parts = []
+            for (text, ends_doc), ids in zip(batch, tok.encode_arrays([t for t, _ in batch])):
+                parts.append(ids.astype(dtype, copy=False))
+                if ends_doc:
+                    parts.append(eos)
+                n_chars += len(text)
+            out = np.concatenate(parts) if parts else np.zeros(0, dtype)
+            out.tofile(f)
+            n_tokens += len(out)
+            bar.update(sum(len(t) for t, _ in batch))
+    return n_tokens, n_chars
 
 
 def _build_entry(tmp: Path, data_cfg: Any, tok_cfg: Any, spec_dir: Path, ident: dict[str, Any]) -> dict[str, Any]:
-    """Load, build the tokenizer (on the train split), tokenize both splits into `tmp`."""
+    """Build the tokenizer (on the train split), then stream both splits through it into `tmp`."""
     t0 = time.time()
-    train_docs, val_docs = load_documents(data_cfg, spec_dir)
-    train_text = join_documents(train_docs)
+    train, val = load_splits(data_cfg, spec_dir)
+    kind = _opt(tok_cfg, "type", "char")
     # A char vocabulary is the set of characters of the whole corpus, as nanoGPT's shakespeare_char
     # does: otherwise a character seen only in validation could not be encoded. BPE learns on train only.
-    vocab_text = train_text + join_documents(val_docs) if _opt(tok_cfg, "type", "char") == "char" else train_text
-    tok = build_tokenizer(tok_cfg, vocab_text, tmp / "tokenizer")
+    vocab_text = (piece for split in (train, val) for piece in split.text()) if kind == "char" else train.text()
+    total = (train.chars or 0) + (val.chars or 0) if kind == "char" else train.chars
+    with _progress("tokenizer: reading the corpus" if kind != "bpe" else "tokenizer: learning BPE", total) as bar:
+        tok = build_tokenizer(tok_cfg, _counted(vocab_text, bar), tmp / "tokenizer")
+    t1 = time.time()
     dtype = _token_dtype(tok.vocab_size)
-    add_eos = bool(_opt(tok_cfg, "add_eos", False))
-    n_train = _write_tokens(tmp / "train.bin", _encoded_pieces(train_docs, tok, add_eos), dtype)
-    n_val = _write_tokens(tmp / "val.bin", _encoded_pieces(val_docs, tok, add_eos), dtype)
+    eos_id = tok.eos_id if bool(_opt(tok_cfg, "add_eos", False)) else None
+    n_train, train_chars = _write_split(tmp / "train.bin", train, tok, eos_id, dtype, "tokenizing train")
+    n_val, val_chars = _write_split(tmp / "val.bin", val, tok, eos_id, dtype, "tokenizing val")
     meta = {
         "identity": ident,
         "tokenizer_kind": tok.kind,
@@ -245,8 +367,11 @@ def _build_entry(tmp: Path, data_cfg: Any, tok_cfg: Any, spec_dir: Path, ident: 
         "dtype": dtype.name,
         "train_tokens": n_train,
         "val_tokens": n_val,
-        "train_chars": len(train_text),
+        "train_chars": train_chars,
+        "val_chars": val_chars,
         "seconds": round(time.time() - t0, 3),
+        "tokenizer_seconds": round(t1 - t0, 3),
+        "encode_seconds": round(time.time() - t1, 3),
         "created_by_pid": os.getpid(),
         "created_at": time.time(),
     }
