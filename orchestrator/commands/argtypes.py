@@ -21,6 +21,10 @@ def _number(text: str, kind: type) -> float:
     return value
 
 
+def _show(x: float, kind: type) -> str:
+    return f"{int(x):,}" if kind is int else f"{x:g}"
+
+
 def bounded(kind: type, lo: float, hi: float, what: str = "") -> Callable[[str], float]:
     """An argparse type: a `kind` (int or float) within [lo, hi]."""
 
@@ -28,7 +32,7 @@ def bounded(kind: type, lo: float, hi: float, what: str = "") -> Callable[[str],
         value = _number(text, kind)
         if not lo <= value <= hi:
             unit = f" {what}" if what else ""
-            raise argparse.ArgumentTypeError(f"expected {lo:g} to {hi:g}{unit}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {_show(lo, kind)} to {_show(hi, kind)}{unit}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages

@@ -193,16 +193,16 @@ def test_status_where_sort_last(orch: Orch, tree: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["--watch", "0"], "between 0.5 and 86400"),
-    (["--watch", "-3"], "between 0.5 and 86400"),
-    (["--watch", "nan"], "between 0.5 and 86400"),
-    (["--watch", "1e9"], "between 0.5 and 86400"),
-    (["--watch", "soon"], "expected a number of seconds"),
+    (["--watch", "0"], "expected 0.5 to 86400 seconds"),
+    (["--watch", "-3"], "expected 0.5 to 86400 seconds"),
+    (["--watch", "nan"], "expected a finite number"),
+    (["--watch", "1e9"], "expected 0.5 to 86400 seconds"),
+    (["--watch", "soon"], "expected a number, got 'soon'"),
     (["--where", "model.d_model"], "expected KEY=VALUE"),
     (["--where", "=3"], "expected KEY=VALUE"),
     (["--where", "model.d_modl=128"], "did you mean model.d_model"),
     (["--sort", "vall"], "did you mean val"),
-    (["--last", "0"], "expected at least 1"),
+    (["--last", "0"], "expected 1 to 1,000,000,000, got 0"),
 ])
 def test_status_bad_flags_exit_2(orch: Orch, tree: dict[str, str], args: list[str], phrase: str) -> None:
     res = orch("status", *args, check=2, timeout=60)
