@@ -18,7 +18,9 @@ from typing import Any, Optional
 from orchestrator.record.atomicio import tail_jsonl
 from orchestrator.errors import BackendUnavailable, UserError
 from orchestrator.record.heartbeat import heartbeat_age
-from orchestrator.record.tree import Damaged, ResultsRoot
+from orchestrator.lifecycle import refresh as refresh_module
+from orchestrator.record import index
+from orchestrator.record.tree import Damaged, ResultsRoot, Run
 from orchestrator.record.states import State
 from orchestrator.lifecycle.refresh import RunView, checks_summary, refresh
 from orchestrator.commands.common import fmt_age, fmt_num
@@ -108,27 +110,65 @@ def render_table(rows: list[list[str]]) -> str:
 
 def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     """(one summary per run, damaged folders included as DAMAGED rows; whether a run asked for by
-    name or id is damaged)."""
+    name or id is damaged). Without RUN arguments the tree is listed with the run index
+    (`orchestrator.record.index`): a finished run whose run.json is unchanged since its summary was
+    kept is not read again."""
     root = ResultsRoot(args.results)
     damaged: list[Damaged] = []
+    scan: Optional[index.Scan] = None
     if args.runs:
         runs = root.resolve_many(args.runs, damaged)
     else:
-        runs, damaged = root.scan()
+        scan = index.scan(root, rows=ROWS_VERSION)
+        runs, damaged = scan.runs, scan.damaged
     asked_damaged = bool(args.runs and damaged)
+    kept = {}  # run dir -> its summary, from the index
+    if scan is not None:
+        for r in runs:
+            row = scan.row(r)
+            if row is not None:
+                kept[r.paths.dir] = from_index(row, r)
     if args.name:
-        runs = [r for r in runs if r.name in args.name]
+        runs = [r for r in runs if (kept[r.paths.dir]["name"] if r.paths.dir in kept else r.name) in args.name]
         damaged = [d for d in damaged if d.group in args.name]
     wanted = {s.upper() for s in args.state}
     unknown = wanted - {s.value for s in State} - {"DAMAGED"}
     if unknown:
         raise UserError(f"unknown state {', '.join(sorted(unknown))}",
                         hint="states: " + ", ".join([s.value for s in State] + ["DAMAGED"]))
-    views = refresh(runs, poll=not args.no_poll)
-    if wanted:
-        views = [v for v in views if v.state.value in wanted]
-        damaged = damaged if "DAMAGED" in wanted else []
-    return [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged], asked_damaged
+    views = {v.run.paths.dir: v for v in refresh([r for r in runs if r.paths.dir not in kept], poll=not args.no_poll)}
+    summaries = []
+    for r in runs:
+        s = kept.get(r.paths.dir)
+        if s is None:
+            view = views[r.paths.dir]
+            s = summarize(view)
+            if scan is not None and view.state.terminal:
+                scan.keep_row(r, to_index(s, view))
+        if not wanted or s["state"] in wanted:
+            summaries.append(s)
+    if scan is not None:
+        scan.save()
+    damaged = damaged if not wanted or "DAMAGED" in wanted else []
+    return summaries + [summarize_damaged(d) for d in damaged], asked_damaged
+
+
+# Summaries of finished runs are kept in the run index, tagged with the code that made them.
+ROWS_VERSION = index.code_version(__file__, refresh_module.__file__, index.__file__)
+
+
+def to_index(s: dict[str, Any], view: RunView) -> dict[str, Any]:
+    """A finished run's summary as the index keeps it: what depends on the place or the clock
+    (the run folder, the heartbeat's age) is filled in again by `from_index`."""
+    return {**s, "run_dir": None, "heartbeat_age_s": view.heartbeat.get("time") if view.heartbeat else None}
+
+
+def from_index(row: dict[str, Any], run: Run) -> dict[str, Any]:
+    s = dict(row)
+    s["run_dir"] = run.paths.dir
+    beat = s["heartbeat_age_s"]
+    s["heartbeat_age_s"] = heartbeat_age({"time": beat}) if beat is not None else None
+    return s
 
 
 def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:
