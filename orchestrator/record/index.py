@@ -94,13 +94,24 @@ class _Shard:
                 data = json.loads(fh.read())
             if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
                 raise ValueError("not an index shard")
+            columns = data.get("columns") or []
+            if not isinstance(columns, list):
+                raise ValueError("not an index shard")
         except (OSError, ValueError):  # missing, unreadable, torn or foreign: rebuilt from the run folders
             return cls(path, dirty=path.exists())
         rows = data.get("rows")
-        return cls(path, rows if isinstance(rows, str) else None, data["entries"])
+        entries = data["entries"]
+        if columns:  # rows with the shard's columns are stored as lists of values: half the bytes to parse
+            for e in entries.values():
+                if isinstance(e, list) and len(e) == 8 and isinstance(e[7], list) and len(e[7]) == len(columns):
+                    e[7] = dict(zip(columns, e[7]))
+        return cls(path, rows if isinstance(rows, str) else None, entries)
 
     def save(self) -> None:
-        data = {"format": FORMAT, "rows": self.rows, "entries": self.kept}
+        columns: list[str] = next((list(e[7]) for e in self.kept.values() if isinstance(e[7], dict)), [])
+        entries = {rel: (e if not isinstance(e[7], dict) or list(e[7]) != columns else e[:7] + [list(e[7].values())])
+                   for rel, e in self.kept.items()}
+        data = {"format": FORMAT, "rows": self.rows, "columns": columns, "entries": entries}
         atomic_write_bytes(self.path, json.dumps(data, separators=(",", ":"), default=str).encode("utf-8"),
                            fsync=False)  # a cache: a shard lost in a power cut is rebuilt
 
