@@ -122,26 +122,23 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
         scan = index.scan(root, rows=ROWS_VERSION)
         runs, damaged = scan.runs, scan.damaged
     asked_damaged = bool(args.runs and damaged)
-    kept = {}  # run dir -> its summary, from the index
-    if scan is not None:
-        for r in runs:
-            row = scan.row(r)
-            if row is not None:
-                kept[r.paths.dir] = from_index(row, r)
+    now = time.time()
+    # (run, its summary from the index, or None: made below from its folder)
+    pairs = [(r, from_index(row, r, now) if scan is not None and (row := scan.row(r)) is not None else None)
+             for r in runs]
     if args.name:
-        runs = [r for r in runs if (kept[r.paths.dir]["name"] if r.paths.dir in kept else r.name) in args.name]
+        pairs = [(r, s) for r, s in pairs if (s["name"] if s is not None else r.name) in args.name]
         damaged = [d for d in damaged if d.group in args.name]
     wanted = {s.upper() for s in args.state}
     unknown = wanted - {s.value for s in State} - {"DAMAGED"}
     if unknown:
         raise UserError(f"unknown state {', '.join(sorted(unknown))}",
                         hint="states: " + ", ".join([s.value for s in State] + ["DAMAGED"]))
-    views = {v.run.paths.dir: v for v in refresh([r for r in runs if r.paths.dir not in kept], poll=not args.no_poll)}
+    views = iter(refresh([r for r, s in pairs if s is None], poll=not args.no_poll))
     summaries = []
-    for r in runs:
-        s = kept.get(r.paths.dir)
+    for r, s in pairs:
         if s is None:
-            view = views[r.paths.dir]
+            view = next(views)
             s = summarize(view)
             if scan is not None and view.state.terminal:
                 scan.keep_row(r, to_index(s, view))
@@ -163,12 +160,12 @@ def to_index(s: dict[str, Any], view: RunView) -> dict[str, Any]:
     return {**s, "run_dir": None, "heartbeat_age_s": view.heartbeat.get("time") if view.heartbeat else None}
 
 
-def from_index(row: dict[str, Any], run: Run) -> dict[str, Any]:
-    s = dict(row)
-    s["run_dir"] = run.paths.dir
-    beat = s["heartbeat_age_s"]
-    s["heartbeat_age_s"] = heartbeat_age({"time": beat}) if beat is not None else None
-    return s
+def from_index(row: dict[str, Any], run: Run, now: float) -> dict[str, Any]:
+    """A summary kept by `to_index` (a copy, changed in place), with its run folder and heartbeat age now."""
+    row["run_dir"] = run.paths.dir
+    beat = row["heartbeat_age_s"]
+    row["heartbeat_age_s"] = heartbeat_age({"time": beat}, now) if beat is not None else None
+    return row
 
 
 def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:

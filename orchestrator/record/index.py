@@ -49,13 +49,31 @@ SETTLE = 1.0  # seconds: a run.json changed more recently than this is not index
 _KEY = 4  # an entry: [ino, size, mtime_ns, ctime_ns, state, attempt, monitor marker, row]
 
 
-@dataclass(frozen=True)
 class IndexEntry:
-    """What the index knows about one finished run (valid while its run.json's stat is unchanged)."""
+    """What the index knows about one finished run, valid as of the scan that made it (its run.json's
+    stat was unchanged, or the record was just read): state, attempt and the monitor's marker."""
 
-    state: State
-    attempt: int
-    marker: dict[str, Any]  # run.json's `monitor` key (the monitor's note of what it handled)
+    __slots__ = ("raw", "shard")
+
+    def __init__(self, raw: list[Any], shard: "_Shard") -> None:
+        self.raw = raw  # [ino, size, mtime_ns, ctime_ns, state, attempt, marker, row], as stored
+        self.shard = shard
+
+    @property
+    def state(self) -> State:
+        return State(self.raw[4])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.raw[5])
+
+    @property
+    def marker(self) -> dict[str, Any]:
+        """run.json's `monitor` key: the monitor's note of what it handled."""
+        return self.raw[6] if isinstance(self.raw[6], dict) else {}
+
+
+_TERMINAL = frozenset(s.value for s in State if s.terminal)
 
 
 def code_version(*files: str) -> str:
@@ -84,6 +102,7 @@ class _Shard:
     path: Path
     rows: Optional[str] = None  # the version tag of the rows it holds
     entries: dict[str, list[Any]] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)  # the keys of rows stored as lists of values
     kept: dict[str, list[Any]] = field(default_factory=dict)
     dirty: bool = False
 
@@ -95,22 +114,24 @@ class _Shard:
             if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
                 raise ValueError("not an index shard")
             columns = data.get("columns") or []
-            if not isinstance(columns, list):
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
                 raise ValueError("not an index shard")
         except (OSError, ValueError):  # missing, unreadable, torn or foreign: rebuilt from the run folders
             return cls(path, dirty=path.exists())
         rows = data.get("rows")
-        entries = data["entries"]
-        if columns:  # rows with the shard's columns are stored as lists of values: half the bytes to parse
-            for e in entries.values():
-                if isinstance(e, list) and len(e) == 8 and isinstance(e[7], list) and len(e[7]) == len(columns):
-                    e[7] = dict(zip(columns, e[7]))
-        return cls(path, rows if isinstance(rows, str) else None, entries)
+        return cls(path, rows if isinstance(rows, str) else None, data["entries"], columns)
+
+    def row(self, stored: Any) -> Optional[dict[str, Any]]:
+        """A stored row as a new dict (the caller may change it), or None."""
+        if isinstance(stored, list):
+            return dict(zip(self.columns, stored)) if len(stored) == len(self.columns) else None
+        return dict(stored) if isinstance(stored, dict) else None
 
     def save(self) -> None:
-        columns: list[str] = next((list(e[7]) for e in self.kept.values() if isinstance(e[7], dict)), [])
-        entries = {rel: (e if not isinstance(e[7], dict) or list(e[7]) != columns else e[:7] + [list(e[7].values())])
-                   for rel, e in self.kept.items()}
+        rows = {rel: self.row(e[7]) for rel, e in self.kept.items()}
+        columns: list[str] = next((list(r) for r in rows.values() if r is not None), [])
+        entries = {rel: e[:7] + [list(r.values()) if r is not None and list(r) == columns else r]
+                   for (rel, e), r in zip(self.kept.items(), rows.values())}
         data = {"format": FORMAT, "rows": self.rows, "columns": columns, "entries": entries}
         atomic_write_bytes(self.path, json.dumps(data, separators=(",", ":"), default=str).encode("utf-8"),
                            fsync=False)  # a cache: a shard lost in a power cut is rebuilt
@@ -137,11 +158,7 @@ class Scan:
                     for e in shard.entries.values():
                         if isinstance(e, list) and len(e) == 8:
                             e[7] = None
-        self._indexable: dict[str, tuple[_Shard, str]] = {}  # run dir -> where its entry lives
         self._scan()
-
-    def _shard(self, rel: str) -> _Shard:
-        return self._shards[zlib.crc32(rel.encode("utf-8", "surrogateescape")) % SHARDS]
 
     def _scan(self) -> None:
         settled = time.time_ns() - int(SETTLE * 1e9)
@@ -168,20 +185,15 @@ class Scan:
         rel = f"{group}/{entry.name}"
         # The stat comes first: a run.json that changes after it fails the next call's comparison.
         key = _stat_key(f"{entry.name}/run.json" if gfd is not None else os.path.join(entry.path, "run.json"), gfd)
-        shard = self._shard(rel)
+        shard = self._shards[zlib.crc32(rel.encode("utf-8", "surrogateescape")) % SHARDS]
         old = shard.entries.get(rel)
-        if key is not None and isinstance(old, list) and len(old) == 8 and old[:_KEY] == key:
-            try:
-                indexed = IndexEntry(State(old[4]), int(old[5]), old[6] if isinstance(old[6], dict) else {})
-            except (TypeError, ValueError):
-                indexed = None
-            if indexed is not None and indexed.state.terminal:
-                run = Run(RunPaths(entry.path))
-                run.indexed = indexed
-                shard.kept[rel] = old
-                self._indexable[run.paths.dir] = (shard, rel)
-                self.runs.append(run)
-                return
+        if (key is not None and type(old) is list and len(old) == 8 and old[:_KEY] == key and old[4] in _TERMINAL
+                and type(old[5]) is int):
+            run = Run(RunPaths(entry.path))
+            run.indexed = IndexEntry(old, shard)
+            shard.kept[rel] = old
+            self.runs.append(run)
+            return
         found = examine(entry.path, group, grace=True)
         self.read += 1
         if found is None:
@@ -193,31 +205,27 @@ class Scan:
         state = found.state
         if key is not None and state.terminal and key[3] < settled and key[2] < settled:
             marker = found.record.get("monitor")
-            shard.kept[rel] = key + [state.value, attempt_n(found.record), marker if isinstance(marker, dict) else {},
-                                     None]
+            raw = key + [state.value, attempt_n(found.record), marker if isinstance(marker, dict) else {}, None]
+            shard.kept[rel] = raw
             shard.dirty = True
-            self._indexable[found.paths.dir] = (shard, rel)
+            found.indexed = IndexEntry(raw, shard)
 
     def row(self, run: Run) -> Optional[dict[str, Any]]:
-        """The row kept for this finished run (by a caller of the same row version), or None."""
-        where = self._indexable.get(run.paths.dir)
-        if where is None or self.rows is None:
+        """A new copy of the row kept for this finished run (by a caller of the same row version), or None."""
+        entry = run.indexed
+        if entry is None or self.rows is None:
             return None
-        shard, rel = where
-        row = shard.kept[rel][7]
-        return row if isinstance(row, dict) else None
+        return entry.shard.row(entry.raw[7])
 
     def keep_row(self, run: Run, row: dict[str, Any]) -> None:
         """Attach a row to this run's entry (ignored for a run that is not indexed: active, damaged,
         changed just now). The row must be made from what was read after this scan's stat."""
-        where = self._indexable.get(run.paths.dir)
-        if where is None or self.rows is None:
+        entry = run.indexed
+        if entry is None or self.rows is None:
             return
-        shard, rel = where
-        entry = shard.kept[rel]
-        if entry[7] != row:
-            entry[7] = row
-            shard.dirty = True
+        if entry.shard.row(entry.raw[7]) != row:
+            entry.raw[7] = row
+            entry.shard.dirty = True
 
     def save(self) -> None:
         """Write the shards that changed (atomically; silently not at all where we may not write)."""

@@ -36,8 +36,9 @@ class Run:
 
     paths: RunPaths
     _record: dict[str, Any] | None = None
-    # Set by the run index (`orchestrator.record.index.scan`): this finished run's run.json is
-    # unchanged since it was indexed, and its record is read only if asked for (lazily, from disk).
+    # Set by the run index (`orchestrator.record.index.scan`) on a finished run: its IndexEntry
+    # (state, attempt, monitor marker as of that scan). A run answered by the index has no record
+    # until asked for (read lazily, from disk).
     indexed: Any = None
 
     @property
@@ -57,7 +58,6 @@ class Run:
 
     def reload(self) -> dict[str, Any]:
         self._record = None
-        self.indexed = None  # what the index said may be out of date now
         return self.record
 
     @property
