@@ -142,4 +142,5 @@ def test_concurrent_status_and_monitor_never_corrupt_the_index(orch) -> None:
     warm = orch.json("status")
     shutil.rmtree(orch.results / ".index")
     assert timeless(warm) == timeless(orch.json("status"))
-    assert all(r["state"] == "COMPLETED" for r in warm if r["run_id"] in {s.run_id for s in stopped[:3]})
+    resumed = [r["state"] for r in warm if r["run_id"] in {s.run_id for s in stopped[:2]}]
+    assert resumed == ["COMPLETED", "COMPLETED"]  # both runs changed under the concurrent processes
