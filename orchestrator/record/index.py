@@ -234,11 +234,14 @@ class Scan:
             return
         try:
             self._dir.mkdir(exist_ok=True)
-            for shard in dirty:
+        except OSError:
+            return  # a read-only tree: served without an index, as before it existed
+        for shard in dirty:
+            try:
                 shard.save()
                 shard.dirty = False
-        except OSError:
-            pass  # a read-only tree or a full disk: served without an index, as before it existed
+            except OSError:
+                pass  # a full disk, a shard we may not replace: the others are still written
 
 
 def scan(root: ResultsRoot | Path | str, rows: Optional[str] = None) -> Scan:
