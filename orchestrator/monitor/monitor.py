@@ -11,6 +11,10 @@ exits quietly), and each run is handled under its own `.monitor.lock` with a mar
 naming the attempt already handled, so a pass is idempotent and a failed attempt is retried at
 most once. Every action is appended to `results/events.jsonl`.
 
+Cost: the pass lists the tree through the run index (`orchestrator.record.index`): a finished run
+whose run.json is unchanged since it was indexed, and whose attempt a pass already handled, is not
+read again; active runs, changed runs and the few still awaiting a retry are.
+
 Robustness: damaged run folders (run.json missing, unreadable, not a record; a folder of another
 user) are named in `PassResult.damaged` and left alone; a run that breaks its own handling (a
 damaged spec.yaml, a folder we may not write, a full disk) gets one `monitor_error` event per
