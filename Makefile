@@ -58,6 +58,7 @@ slurm-down:
 
 bench: install
 	$(BIN)/python bench/status_scale.py
+	$(BIN)/python bench/monitor_scale.py
 	$(BIN)/python bench/trainer_overhead.py
 	$(BIN)/python bench/preserve_speed.py
 	$(BIN)/python bench/submit_scale.py

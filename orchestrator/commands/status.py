@@ -22,7 +22,11 @@ from typing import Any, Callable, Optional
 
 from orchestrator.commands.argtypes import count, seconds
 from orchestrator.errors import BackendUnavailable, UserError
-from orchestrator.lifecycle.refresh import refresh
+from orchestrator.commands import runrows
+from orchestrator.lifecycle import refresh as refresh_module
+from orchestrator.lifecycle.refresh import RunView, refresh
+from orchestrator.record import index
+from orchestrator.record.heartbeat import heartbeat_age
 from orchestrator.record.states import State
 from orchestrator.record.tree import Damaged, ResultsRoot, Run
 from orchestrator.commands.runrows import short_ids, summarize, summarize_damaged, table
@@ -161,28 +165,38 @@ def sort_key(name: Optional[str]) -> Callable[[dict[str, Any]], Any]:
     return ordered
 
 
-def _created(run: Run) -> tuple[int, str]:
-    return (run.record.get("created_ns") or 0, run.run_id)
+def _created(pair: tuple[Run, Optional[dict[str, Any]]]) -> tuple[int, str]:
+    """A (run, indexed summary or None) pair's creation time: from the summary when the index kept one."""
+    run, summary = pair
+    return ((summary or {}).get("created_ns") or run.record.get("created_ns") or 0, run.run_id)
 
 
 def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optional[list[str]]]:
     """(one summary per run, damaged folders included as DAMAGED rows, in the order asked for;
     whether a run asked for by name or id is damaged; every run id of the tree when it was scanned,
-    for short ids)."""
+    for short ids). Without RUN arguments the tree is listed with the run index
+    (`orchestrator.record.index`): a finished run whose run.json is unchanged since its summary was
+    kept is not read again."""
     root = ResultsRoot(args.results)
     damaged: list[Damaged] = []
     where = parse_where(args.where)
     last = args.last
     order = sort_key(args.sort or "created") if (args.sort or last) else None  # a bad key fails before any work
+    scan: Optional[index.Scan] = None
     if args.runs:
         runs = root.resolve_many(args.runs, damaged)
         all_ids = None  # short ids are unique in the whole tree: its folder names are listed when shown
     else:
-        runs, damaged = root.scan()
+        scan = index.scan(root, rows=ROWS_VERSION)
+        runs, damaged = scan.runs, scan.damaged
         all_ids = [r.run_id for r in runs] + [d.label for d in damaged]
     asked_damaged = bool(args.runs and damaged)
+    now = time.time()
+    # (run, its summary from the index, or None: made below from its folder)
+    pairs = [(r, from_index(row, r, now) if scan is not None and (row := scan.row(r)) is not None else None)
+             for r in runs]
     if args.name:
-        runs = [r for r in runs if r.name in args.name]
+        pairs = [(r, s) for r, s in pairs if (s["name"] if s is not None else r.name) in args.name]
         damaged = [d for d in damaged if d.group in args.name]
     wanted = {s.upper() for s in args.state}
     unknown = wanted - {s.value for s in State} - {"DAMAGED"}
@@ -190,21 +204,49 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optio
         raise UserError(f"unknown state {', '.join(sorted(unknown))}",
                         hint="states: " + ", ".join([s.value for s in State] + ["DAMAGED"]))
     if where:
-        runs, damaged = filter_where(runs, where), []
+        keep = {id(r) for r in filter_where([r for r, _ in pairs], where)}
+        pairs, damaged = [(r, s) for r, s in pairs if id(r) in keep], []
     if last and not wanted:  # before polling: only the newest runs are refreshed
-        runs, damaged = sorted(runs, key=_created)[-last:], []
-    views = refresh(runs, poll=not args.no_poll)
+        pairs, damaged = sorted(pairs, key=_created)[-last:], []
+    views = iter(refresh([r for r, s in pairs if s is None], poll=not args.no_poll))
+    summaries = []
+    for r, s in pairs:
+        if s is None:
+            view = next(views)
+            s = summarize(view)
+            if scan is not None and view.state.terminal:
+                scan.keep_row(r, to_index(s, view))
+        if not wanted or s["state"] in wanted:
+            summaries.append(s)
+    if scan is not None:
+        scan.save()
     if wanted:
-        views = [v for v in views if v.state.value in wanted]
         damaged = damaged if "DAMAGED" in wanted else []
         if last:  # the N newest runs in those states
-            views, damaged = sorted(views, key=lambda v: _created(v.run))[-last:], []
-    summaries = [summarize(v) for v in views] + [summarize_damaged(d) for d in damaged]
+            summaries, damaged = sorted(summaries, key=lambda s: (s.get("created_ns") or 0, s["run_id"]))[-last:], []
+    summaries += [summarize_damaged(d) for d in damaged]
     if order is not None:
         summaries.sort(key=order, reverse=args.reverse)
     elif args.reverse:
         summaries.reverse()
     return summaries, asked_damaged, all_ids
+
+# Summaries of finished runs are kept in the run index, tagged with the code that made them.
+ROWS_VERSION = index.code_version(__file__, runrows.__file__, refresh_module.__file__, index.__file__)
+
+
+def to_index(s: dict[str, Any], view: RunView) -> dict[str, Any]:
+    """A finished run's summary as the index keeps it: what depends on the place or the clock
+    (the run folder, the heartbeat's age) is filled in again by `from_index`."""
+    return {**s, "run_dir": None, "heartbeat_age_s": view.heartbeat.get("time") if view.heartbeat else None}
+
+
+def from_index(row: dict[str, Any], run: Run, now: float) -> dict[str, Any]:
+    """A summary kept by `to_index` (a copy, changed in place), with its run folder and heartbeat age now."""
+    row["run_dir"] = run.paths.dir
+    beat = row["heartbeat_age_s"]
+    row["heartbeat_age_s"] = heartbeat_age({"time": beat}, now) if beat is not None else None
+    return row
 
 
 def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:

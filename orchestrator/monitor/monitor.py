@@ -11,6 +11,10 @@ exits quietly), and each run is handled under its own `.monitor.lock` with a mar
 naming the attempt already handled, so a pass is idempotent and a failed attempt is retried at
 most once. Every action is appended to `results/events.jsonl`.
 
+Cost: the pass lists the tree through the run index (`orchestrator.record.index`): a finished run
+whose run.json is unchanged since it was indexed, and whose attempt a pass already handled, is not
+read again; active runs, changed runs and the few still awaiting a retry are.
+
 Robustness: damaged run folders (run.json missing, unreadable, not a record; a folder of another
 user) are named in `PassResult.damaged` and left alone; a run that breaks its own handling (a
 damaged spec.yaml, a folder we may not write, a full disk) gets one `monitor_error` event per
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from orchestrator.record.atomicio import append_jsonl, atomic_write_text, file_lock
-from orchestrator.record import record
+from orchestrator.record import index, record
 from orchestrator.record.record import NOT_DIAGNOSED, IllegalTransition, attempt_n, current_attempt, current_job_id
 from orchestrator.checks.diagnose import Diagnosis, diagnose_run, record_failure
 from orchestrator.secrets import redact_mapping
@@ -122,14 +126,18 @@ class Monitor:
                 return PassResult(skipped=True)
             self.events = []
             self.unavailable = None
-            self._runs, damaged = self.root.scan()
+            scan = index.scan(self.root)  # finished runs already handled are not read again
+            self._runs, damaged = scan.runs, scan.damaged
             for d in damaged:
                 self.log(f"warning: damaged run folder {d}")
-            active = self.refresh_active([r for r in self._runs if r.state.active])
+            active = self.refresh_active([r for r in self._runs if r.indexed is None and r.state.active])
             for run in self._runs:
+                if run.indexed is not None and _handled(run.indexed.marker, run.indexed.attempt, run.indexed.state):
+                    continue  # unchanged since a pass handled its attempt (handle_ended's own pre-check)
                 run.reload()
                 if run.state.terminal:
                     self.guarded(run, self.handle_ended)
+            scan.save()
             from orchestrator.monitor.alerts import dispatch_all
 
             for ev in dispatch_all(list(self.events), self.monitor_spec):
@@ -238,15 +246,14 @@ class Monitor:
     # -- ended runs ----------------------------------------------------------------------
     def handle_ended(self, run: Run) -> None:
         """Diagnose / retry / check / preserve one ended attempt, exactly once."""
-        marker = (run.record.get("monitor") or {})
         n = _attempt_n(run)
-        if marker.get("done_attempt") == n and marker.get("done_state") == str(run.state):
+        if _handled(run.record.get("monitor"), n, run.state):
             return  # cheap pre-check; repeated under the lock
         with file_lock(run.paths.root / RUN_LOCK_NAME):
             rec = run.reload()
             marker = rec.get("monitor") or {}
             state = run.state
-            if not state.terminal or (marker.get("done_attempt") == n and marker.get("done_state") == str(state)):
+            if not state.terminal or _handled(marker, n, state):
                 return
             if state == State.COMPLETED:
                 self.on_completed(run, n)
@@ -447,6 +454,11 @@ class Monitor:
 
 def _attempt_n(run: Run) -> int:
     return attempt_n(run.record)
+
+
+def _handled(marker: Any, n: int, state: State) -> bool:
+    """The monitor's marker in run.json says attempt n ended in `state` was handled already."""
+    return isinstance(marker, dict) and marker.get("done_attempt") == n and marker.get("done_state") == str(state)
 
 
 def _ended_ts(rec: dict[str, Any]) -> Optional[float]:

@@ -36,6 +36,10 @@ class Run:
 
     paths: RunPaths
     _record: dict[str, Any] | None = None
+    # Set by the run index (`orchestrator.record.index.scan`) on a finished run: its IndexEntry
+    # (state, attempt, monitor marker as of that scan). A run answered by the index has no record
+    # until asked for (read lazily, from disk).
+    indexed: Any = None
 
     @property
     def run_id(self) -> str:
@@ -201,11 +205,10 @@ class ResultsRoot:
         atomic_write_json(paths.run_json, rec, fsync=False)
         return Run(paths, rec)
 
-    def entries(self) -> Iterator[Entry]:
-        """Every run folder (two levels: name/run_id), sorted, as a Run or a Damaged entry.
-
-        A folder without run.json younger than CREATING_GRACE is a run being created: not listed.
-        """
+    def folders(self) -> Iterator[Union[Damaged, tuple[str, str, list[os.DirEntry[str]]]]]:
+        """Each name folder of the tree, sorted: (name, its path, its run folders sorted by name), or
+        a Damaged entry for one that cannot be listed. Hidden entries (`.index`, `.monitor.lock`)
+        and files (`events.jsonl`) are no runs."""
         try:
             groups = sorted(os.scandir(self.root), key=lambda e: e.name)
         except FileNotFoundError:
@@ -224,10 +227,20 @@ class ResultsRoot:
                 yield Damaged(Path(group.path), f"cannot list the folder: {_why_unreadable(group.path, exc)}",
                               group.name)
                 continue
-            for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir():
-                    continue
-                found = examine(entry.path, group.name, grace=True)
+            yield group.name, group.path, [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+
+    def entries(self) -> Iterator[Entry]:
+        """Every run folder (two levels: name/run_id), sorted, as a Run or a Damaged entry.
+
+        A folder without run.json younger than CREATING_GRACE is a run being created: not listed.
+        """
+        for folder in self.folders():
+            if isinstance(folder, Damaged):
+                yield folder
+                continue
+            group, _, runs = folder
+            for entry in runs:
+                found = examine(entry.path, group, grace=True)
                 if found is not None:
                     yield found
 
