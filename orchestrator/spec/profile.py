@@ -18,6 +18,9 @@ not about an experiment, so they live in one user-level file, `~/.config/orch/cl
     max_array_size: 1001      # default: read from `scontrol show config` (cached)
     query_interval: 10        # seconds between scheduler queries, shared by all orch processes
     report_dir: ~/public_html/orch   # `orch monitor` rewrites this static report after every pass
+    hf_home: /shared/hf-cache # the Hugging Face cache jobs read (default: the submitting side's HF_HOME)
+    online: false             # true: compute nodes reach the hub (jobs then run without HF_*_OFFLINE)
+    gpu_mem: 80G              # `orch plan`: memory of one GPU of this cluster (default: 80G)
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ class ClusterProfile(BaseModel):
     query_interval: float = Field(5.0, ge=0, description="minimum seconds between squeue/sacct calls")
     cache_dir: Optional[str] = Field(None, description="where the shared query cache lives")
     report_dir: Optional[str] = Field(None, description="`orch monitor` rewrites this static HTML report after every pass")
+    hf_home: Optional[str] = Field(None, description="the shared Hugging Face cache (HF_HOME) prefetch fills and jobs read")
+    online: bool = Field(False, description="compute nodes reach the Hugging Face hub (else jobs run offline)")
+    gpu_mem: Optional[str] = Field(None, description="`orch plan`: memory of one GPU, e.g. 80G (default 80G)")
 
     @field_validator("signal")
     @classmethod
@@ -60,7 +66,16 @@ class ClusterProfile(BaseModel):
             raise ValueError(f"unsupported signal {v!r}: use USR1, USR2, TERM, INT or HUP")
         return name
 
-    @field_validator("template", "cache_dir", "python", "report_dir")
+    @field_validator("gpu_mem")
+    @classmethod
+    def _mem(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from orchestrator.spec.sections import parse_mem
+
+            parse_mem(v)
+        return v
+
+    @field_validator("template", "cache_dir", "python", "report_dir", "hf_home")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return os.path.expanduser(v) if v else v

@@ -46,6 +46,11 @@ from trainers.framework.signals import PreemptionHandler
 
 
 # ----------------------------------------------------------------------------- budget and clock
+def token_cache_root(results_root: Path) -> Path:
+    """Where tokenized corpora are cached for every run under `results_root` (`orch prefetch` fills it too)."""
+    return Path(results_root) / ".cache" / "tokens"
+
+
 @dataclass
 class Budget:
     """Whichever ends first: steps, tokens, epochs, or training seconds summed over all attempts."""
@@ -200,7 +205,7 @@ class TrainerContext:
     def cache_root(self) -> Path:
         """The shared token cache: `<ORCH_RESULTS_ROOT>/.cache/tokens` (results root = run dir's grandparent)."""
         root = os.environ.get("ORCH_RESULTS_ROOT")
-        return (Path(root) if root else self.paths.root.parent.parent) / ".cache" / "tokens"
+        return token_cache_root(Path(root) if root else self.paths.root.parent.parent)
 
     # -- small helpers trainers use ---------------------------------------------------------------
     def print(self, line: str) -> None:

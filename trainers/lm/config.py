@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from orchestrator.hub.assets import Asset, hub_id
 from orchestrator.spec.registry import TrainerInfo
 from orchestrator.spec.sections import EvalSpec, Section, Spec
 
@@ -29,6 +30,10 @@ class ModelSpec(Section):
     sliding_window: Optional[int] = Field(None, ge=1, description="mistral only: sliding-window attention")
     tie_embeddings: bool = True
     init_from: Optional[str] = Field(None, description="start from a pretrained model (path or hub id)")
+
+    def assets(self) -> list[Asset]:
+        repo = hub_id(self.init_from)
+        return [Asset("model", repo, key="init_from")] if repo else []
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpec":
@@ -49,6 +54,10 @@ class TokenizerSpec(Section):
     name_or_path: Optional[str] = Field(None, description="pretrained: local path or hub id")
     add_eos: bool = False
 
+    def assets(self) -> list[Asset]:
+        repo = hub_id(self.name_or_path) if self.type == "pretrained" else None
+        return [Asset("tokenizer", repo, key="name_or_path")] if repo else []
+
     @model_validator(mode="after")
     def _pretrained_needs_name(self) -> "TokenizerSpec":
         if self.type == "pretrained" and not self.name_or_path:
@@ -65,6 +74,10 @@ class DataSpec(Section):
     builtin: Optional[str] = Field(None, description="a corpus shipped with orch (quickstart)")
     text_field: str = "text"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    def assets(self) -> list[Asset]:
+        """A hub dataset, every split (the trainer reads train and validation when there is one)."""
+        return [Asset("dataset", self.hub, key="hub", config=self.config)] if self.hub else []
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -121,4 +134,5 @@ TRAINER = TrainerInfo(
              "tokens_per_param", "tokens_per_non_embedding_param", "chinchilla"),
     paths=("data.path",),
     paths_or_ids=("tokenizer.name_or_path", "model.init_from"),
+    prepare="trainers.lm.data:prepare",
 )
