@@ -3,7 +3,7 @@
 For clusters whose compute nodes have no internet: run it on a login node that has the network
 (and the same `HF_HOME`, or the cluster profile's `hf_home`). It fetches every hub asset the specs
 name (every sweep point's) into the Hugging Face cache, then runs each trainer's `prepare` hook
-(the `lm` trainer tokenizes its corpus into the results root's token cache, once per data and
+(a language-model trainer tokenizes its corpus into the results root's token cache, once per data and
 tokenizer), so `orch submit` finds everything and the jobs run offline.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ class Asset:
 
     kind:     model, tokenizer or dataset (which files prefetching takes, which cache holds it).
     repo_id:  the hub id (`meta-llama/Llama-3.1-8B-Instruct`, `wikitext`).
-    key:      the spec key path that names it (`model.decoder`), for messages.
+    key:      the spec key path that names it (`model.init_from`), for messages.
     config:   a dataset's configuration (`wikitext-103-raw-v1`); None for its default.
     split:    a dataset split the run reads; None: every split.
     revision: a branch, tag or commit; None: the default branch.

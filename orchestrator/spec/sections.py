@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.hub.assets import Asset
+from orchestrator.plan.shape import ModelShape
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TRAINER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
@@ -292,6 +293,11 @@ class Spec(Section):
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
     after: list[str] = Field(default_factory=list, description="runs or names that must succeed first")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for the job")
+
+    def model_shape(self) -> Optional[ModelShape]:
+        """The model's sizes for `orch plan` (`orchestrator.plan.shape`); a trainer's schema overrides
+        this. None: no arithmetic for this trainer (a probe still measures it)."""
+        return None
 
     def assets(self) -> list[Asset]:
         """Every hub asset the spec's sections name, keys as full paths (`data.hub`), each once."""
