@@ -21,7 +21,7 @@ class ModelShape:
                    largest) transformer's dimensions; seq_len is the tokens of one training sample.
     frozen_bytes_per_param: bytes of a frozen parameter (a frozen bf16 model: 2); None: as trainable ones.
     n_kv_head:     key/value heads (grouped-query attention); None: n_head.
-    fused_attention: scaled_dot_product_attention without stored attention scores (on a GPU).
+    dropout:       the dropout rate (above 0, backward keeps dropout masks).
     notes:         what the numbers assume (a BPE vocabulary at its configured size, ...).
     """
 
@@ -36,6 +36,7 @@ class ModelShape:
     seq_len: int
     frozen_bytes_per_param: Optional[int] = None
     n_kv_head: Optional[int] = None
+    dropout: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property

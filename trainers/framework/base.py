@@ -444,14 +444,11 @@ class Trainer:
 
     # ---- pieces of the loop -----------------------------------------------------------------------
     def _eta(self, total: Optional[int]) -> Optional[float]:
+        from orchestrator.plan.projection import remaining_seconds  # the projection `orch plan` makes
+
         ctx = self.ctx
-        elapsed = ctx.clock.this_attempt
-        left = []
-        if total and self.step > self._start_step:
-            left.append((total - self.step) * elapsed / (self.step - self._start_step))
-        if ctx.budget.max_time_s is not None:
-            left.append(max(0.0, ctx.budget.max_time_s - ctx.clock.total))
-        return round(min(left), 1) if left else None
+        time_left = ctx.budget.max_time_s - ctx.clock.total if ctx.budget.max_time_s is not None else None
+        return remaining_seconds(self.step, self._start_step, total, ctx.clock.this_attempt, time_left)
 
     def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, since: float, steps: int,
                    total: Optional[int]) -> None:

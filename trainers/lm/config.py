@@ -246,4 +246,5 @@ def _lm_model_shape(spec: "LMSpec") -> Optional[ModelShape]:
         else:
             total, non_emb = _llama_counts(vocab, h, layers, f, heads, kv, h // heads, m.tie_embeddings)
     return ModelShape(params=total, non_embedding=non_emb, trainable=total, n_layer=layers, d_model=h, n_head=heads,
-                      d_ff=f, vocab_size=vocab, seq_len=m.max_seq_len, n_kv_head=kv, notes=tuple(notes))
+                      d_ff=f, vocab_size=vocab, seq_len=m.max_seq_len, n_kv_head=kv, dropout=m.dropout,
+                      notes=tuple(notes))
