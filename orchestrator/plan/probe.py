@@ -30,6 +30,7 @@ from orchestrator.errors import UserError
 from orchestrator.plan.projection import ProbeResult
 
 POLL = 0.2
+PROBE_TIME = 3600.0  # seconds: the probe's time limit when the spec's is shorter
 
 
 def probe_spec(spec: Any, steps: int, backend: str) -> tuple[Any, int, int]:
@@ -43,6 +44,8 @@ def probe_spec(spec: Any, steps: int, backend: str) -> tuple[Any, int, int]:
               "eval": spec.eval.model_copy(update={"every": half}),
               "checkpoint": spec.checkpoint.model_copy(update={"every": half}),
               "retry": spec.retry.model_copy(update={"max_attempts": 1}),
+              # the probe measures, it is not held to the run's time limit (start-up alone may be minutes)
+              "resources": spec.resources.model_copy(update={"time": max(spec.resources.time_seconds, PROBE_TIME)}),
               "preserve": spec.preserve.model_copy(update={"auto": False})}
     return spec.model_copy(update=update), n, log_every
 
@@ -95,8 +98,9 @@ def run_probe(spec: Any, steps: int, results: Path, backend: str = "local", keep
             time.sleep(POLL)
         paths = run.paths
         if view.state != State.COMPLETED:
+            keep = True  # for the user to read
             raise UserError(f"the probe of {spec.name} ended {view.state}" + (f" ({view.reason})" if view.reason else ""),
-                            hint=f"its logs: {paths.logs}\n" + _tail(paths.stderr(1)))
+                            hint=f"its run folder is kept: {paths.root}\n" + _tail(paths.stderr(1)))
         return measure(paths, n, log_every, rss or None)
     finally:
         if not keep:
