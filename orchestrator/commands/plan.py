@@ -83,9 +83,12 @@ def plan_one(spec: Any, point: Optional[dict], args: argparse.Namespace, profile
 
         probe = run_probe(spec, args.probe, args.results, args.backend, keep=args.keep_probe)
         devices = spec.resources.nodes * spec.resources.gpus_per_node
-        steps = arith.steps
-        proj = projection.project(spec, steps, probe, devices)
         row["probe"] = dict(probe.__dict__)
+        try:
+            proj = projection.project(spec, arith.steps, probe, devices)
+        except ValueError as exc:  # epochs alone: the plan does not know the data's size
+            row["warnings"].append(f"no projection: {exc}")
+            return row
         row["projection"] = {**proj.__dict__, "requeues": proj.requeues}
         for k in projection.MULTIPLES:
             p = projection.project(spec, proj.steps * k, probe, devices)
@@ -106,6 +109,10 @@ def _n(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:,.0f}" if abs(v) < 1e7 else f"{v:.3g}"
 
 
+def _wall(seconds: float) -> str:
+    return "never" if math.isinf(seconds) else fmt_age(round(seconds))
+
+
 def _render(rows: list[dict[str, Any]], source: str) -> None:
     print(f"# {source}: {len(rows)} run(s)")
     for row in rows:
@@ -118,7 +125,7 @@ def _render(rows: list[dict[str, Any]], source: str) -> None:
         if a["tokens"]:
             print(f"  budget        {a['steps']:,} steps x {a['tokens_per_step']:,} tokens = {a['tokens']:,} tokens")
         elif a["steps"] is None:
-            print("  budget        bounded by time only (train.max_time): tokens follow from the probe")
+            print("  budget        train.epochs or train.max_time: the steps follow from the data's size or the probe's pace")
         if a["tokens_per_param"] is not None:
             print(f"  tokens/param  {a['tokens_per_param']:.1f} ({a['tokens_per_non_embedding_param']:.1f} per non-embedding"
                   f" parameter); Chinchilla's 20: {a['verdict']}")
@@ -137,16 +144,19 @@ def _render(rows: list[dict[str, Any]], source: str) -> None:
             print(f"  probe         {pr['steps']} steps on {pr['host']}: {pr['step_time'] * 1e3:.1f} ms/step{tps}, "
                   f"evaluation {pr['eval_seconds']:.2f} s, checkpoint {pr['checkpoint_seconds']:.2f} s, "
                   f"start-up and end {pr['overhead_seconds']:.1f} s{peak}")
+        if pj:
             gpu_h = f", {pj['device_hours']:.2f} GPU-hours" if pj["device_hours"] is not None else ""
-            print(f"  projected     {fmt_age(round(pj['total_seconds']))} wall ({pj['total_seconds']:.0f} s: steps "
+            print(f"  projected     {_wall(pj['total_seconds'])} wall ({pj['total_seconds']:.0f} s: steps "
                   f"{pj['train_seconds']:.0f} s, evaluation {pj['eval_seconds']:.0f} s, checkpoints "
-                  f"{pj['checkpoint_seconds']:.0f} s), {pj['attempts']} attempt(s) of resources.time{gpu_h}")
+                  f"{pj['checkpoint_seconds']:.0f} s), "
+                  + (f"{pj['attempts']} attempt(s) of resources.time{gpu_h}" if pj["attempts"] < 10**9 else
+                     "no attempt fits in resources.time"))
             print("  budget x   steps        tokens          tokens/param  wall        attempts  GPU-hours")
             for t in row["table"]:
                 tpp = f"{t['tokens_per_param']:.1f}" if t["tokens_per_param"] is not None else "-"
                 gh = f"{t['device_hours']:.2f}" if t["device_hours"] is not None else "-"
                 print(f"  {t['multiple']:>3}x     {t['steps']:>11,}  {_n(t['tokens']):>14}  {tpp:>12}  "
-                      f"{fmt_age(t['wall_seconds']):>10}  {t['attempts']:>8}  {gh:>9}")
+                      f"{_wall(t['wall_seconds']):>10}  {t['attempts'] if t['attempts'] < 10**9 else 'never':>8}  {gh:>9}")
         for note in row["notes"]:
             print(f"  note: {note}")
         for warning in row["warnings"]:

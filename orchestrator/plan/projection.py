@@ -87,7 +87,8 @@ def project(spec: Any, steps: Optional[int], probe: ProbeResult, devices: int) -
         per_step = probe.step_time + probe.eval_seconds / spec.eval.every + probe.checkpoint_seconds / spec.checkpoint.every
         steps = int(max_time // per_step) if max_time and per_step > 0 else None
     if steps is None:
-        raise ValueError("the spec sets no step, token or time budget the plan can project")
+        raise ValueError("the budget is train.epochs alone, and the plan does not know the epoch's size: "
+                         "add train.max_steps or train.max_tokens")
     wall, eval_s, ckpt_s = wall_seconds(steps, probe, spec.eval.every, spec.checkpoint.every, spec.eval.at_end)
     if max_time is not None and wall - probe.overhead_seconds > max_time:  # max_time ends it first
         wall = probe.overhead_seconds + max_time
@@ -97,7 +98,7 @@ def project(spec: Any, steps: Optional[int], probe: ProbeResult, devices: int) -
     train_s = steps * probe.step_time
     return Projection(steps=steps, wall_seconds=wall, train_seconds=train_s, eval_seconds=eval_s,
                       checkpoint_seconds=ckpt_s, attempts=attempts, total_seconds=total,
-                      device_hours=total * devices / 3600 if devices else None,
+                      device_hours=total * devices / 3600 if devices and not math.isinf(total) else None,
                       eval_fraction=eval_s / train_s if train_s else None)
 
 
@@ -109,7 +110,10 @@ def requeues_allowed(spec: Any) -> int:
 def warnings(spec: Any, projection: Projection, eval_fraction_limit: float = EVAL_FRACTION_WARN) -> list[str]:
     """What will go wrong: no time to finish, evaluation eating the budget."""
     out = []
-    if projection.requeues > requeues_allowed(spec):
+    if math.isinf(projection.total_seconds):
+        out.append(f"start-up and end alone take longer than resources.time {spec.resources.time} minus its "
+                   f"signal_grace: no attempt can train; raise resources.time")
+    elif projection.requeues > requeues_allowed(spec):
         allowed = requeues_allowed(spec)
         out.append(f"needs {projection.attempts} attempts of resources.time {spec.resources.time} "
                    f"({projection.requeues} requeue(s)) but retry allows {allowed}: raise resources.time, "

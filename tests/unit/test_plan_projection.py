@@ -93,3 +93,12 @@ def test_measure_reads_the_probes_own_files(tmp_path: Path) -> None:
     assert result.wall_seconds == pytest.approx(30.0)
     assert result.overhead_seconds == pytest.approx(30.0 - 40 * 0.1 - 2.0)
     assert (result.peak_memory_bytes, result.peak_memory_kind) == (123, "rss")
+
+
+def test_a_time_limit_shorter_than_start_up_is_reported_not_divided_by() -> None:
+    spec = spec_from_data({"name": "p", "trainer": "lm", "train": {"max_steps": 100},
+                           "resources": {"time": "00:00:40", "signal_grace": 20}}, "test")
+    proj = project(spec, 100, PROBE, devices=1)  # 30 s of overhead, 20 s per attempt
+    assert proj.total_seconds == float("inf") and proj.device_hours is None
+    (warning,) = warnings(spec, proj)
+    assert "no attempt can train" in warning
