@@ -177,7 +177,8 @@ def _sweep_summary(rows: list[dict[str, Any]]) -> Optional[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.lifecycle.submit import resolve_specs
+    from orchestrator.hub import cache as hub
+    from orchestrator.lifecycle.submit import assets_of, prefetch_command, resolve_specs
     from orchestrator.plan.arithmetic import chinchilla_optimal
     from orchestrator.spec.profile import load_profile
 
@@ -185,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--probe needs at least 2 steps", hint="e.g. --probe 50")
     profile = load_profile()
     out = []
-    for file, resolved, specs in resolve_specs(args.specs, args.overrides, None):
+    prepared = resolve_specs(args.specs, args.overrides, None)
+    if args.probe:  # a probe is a job: its hub assets must be in the cache, as at submit
+        hub.ensure(assets_of([s for _, _, specs in prepared for s in specs], offline_only=True),
+                   prefetch_command(args.specs, args.overrides))
+    for file, resolved, specs in prepared:
         rows = [plan_one(spec, r.sweep_point or None, args, profile) for r, spec in zip(resolved, specs)]
         summary = _sweep_summary(rows)
         out.append({"spec_file": str(file), "runs": rows, "sweep": summary})

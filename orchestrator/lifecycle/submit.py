@@ -37,7 +37,6 @@ class PlannedGroup:
     group: SubmitGroup
     source: Optional[Path]
     deps: list[Run] = field(default_factory=list)
-    assets: list[Asset] = field(default_factory=list)  # hub assets of the group's runs, each once
 
 
 def _get(model: Any, key: str) -> Any:
@@ -187,7 +186,7 @@ def plan(
         made.setdefault(first.name, []).extend(i.run for i in items)
         limit = sweep.max_parallel if sweep else None
         group = SubmitGroup(items, max_parallel=limit, group_id=sweep_id or items[0].run.run_id)
-        groups.append(PlannedGroup(first.backend, group, file, deps, assets_of(specs)))
+        groups.append(PlannedGroup(first.backend, group, file, deps))
     return groups
 
 
