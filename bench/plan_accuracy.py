@@ -1,7 +1,7 @@
 """How well `orch plan --probe` projects a run's wall time: projected vs measured, side by side.
 
     python bench/plan_accuracy.py [--probe 50] [--shakespeare-steps 1000] [--shakespeare-data FILE]
-                                  [--only quickstart|shakespeare]
+                                  [--repeats 2] [--only quickstart|shakespeare]
 
 For jobs/quickstart.yaml and jobs/shakespeare_char_cpu.yaml (its data from ../shared/data, and a
 budget reduced to --shakespeare-steps with `--set train.max_steps=N`, the same for plan and run),
@@ -9,14 +9,17 @@ each in a fresh results root (so both tokenize, as a first run does):
 (a) `orch plan SPEC --probe N --json`: the projected wall time of the whole budget;
 (b) `orch submit SPEC --wait`: the real run, measured the way the probe measures its own job, from
     logs/environment-1.json (the trainer starting) to exit.json (the attempt ending).
-Prints projected, measured and the error (target: within 15%), plus the end-to-end time of each
-command. A benchmark, not a test: on a shared machine, run it when the machine is quiet.
+Each pair runs --repeats times, the order alternating (plan first, then run first), so that a load
+that drifts during the benchmark does not favour one side; prints projected, measured and the error
+of each pair (target: within 15%) and the median error, plus the end-to-end time of each command.
+A benchmark, not a test: on a shared machine, run it when the machine is quiet.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,13 +40,21 @@ def orch(results: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], f
     return res, time.perf_counter() - t0
 
 
-def case(spec: str, sets: list[str], probe: int) -> dict:
+def case(spec: str, sets: list[str], probe: int, plan_first: bool) -> dict:
     flags = [w for s in sets for w in ("--set", s)]
     with tempfile.TemporaryDirectory(prefix="orch-bench-plan-") as tmp:
-        res, plan_s = orch(Path(tmp) / "plan", "plan", spec, *flags, "--probe", str(probe), "--json")
-        row = json.loads(res.stdout)["specs"][0]["runs"][0]
-        res, run_s = orch(Path(tmp) / "run", "submit", spec, *flags, "--wait", "--json")
-        run_dir = Path(json.loads(res.stdout)[0]["run_dir"])
+        def plan() -> tuple[dict, float]:
+            res, seconds = orch(Path(tmp) / "plan", "plan", spec, *flags, "--probe", str(probe), "--json")
+            return json.loads(res.stdout)["specs"][0]["runs"][0], seconds
+
+        def real() -> tuple[Path, float]:
+            res, seconds = orch(Path(tmp) / "run", "submit", spec, *flags, "--wait", "--json")
+            return Path(json.loads(res.stdout)[0]["run_dir"]), seconds
+
+        if plan_first:
+            (row, plan_s), (run_dir, run_s) = plan(), real()
+        else:
+            (run_dir, run_s), (row, plan_s) = real(), plan()
         measured = (run_dir / "exit.json").stat().st_mtime - (run_dir / "logs" / "environment-1.json").stat().st_mtime
         steps = json.loads((run_dir / "run.json").read_text())
     projected = row["projection"]["total_seconds"]
@@ -57,6 +68,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=50, help="steps of the probe (default 50)")
     ap.add_argument("--shakespeare-steps", type=int, default=1000, help="reduced budget of shakespeare_char_cpu")
     ap.add_argument("--shakespeare-data", type=Path, default=SHAKESPEARE, help=f"default {SHAKESPEARE}")
+    ap.add_argument("--repeats", type=int, default=2, help="pairs per spec, alternating which runs first")
     ap.add_argument("--only", choices=["quickstart", "shakespeare"])
     args = ap.parse_args()
     cases = []
@@ -69,15 +81,19 @@ def main() -> None:
         else:
             cases.append(("jobs/shakespeare_char_cpu.yaml",
                           [f"data.path={data}", f"train.max_steps={args.shakespeare_steps}"]))
-    results = [case(spec, sets, args.probe) for spec, sets in cases]
-    print(f"{'spec':<32} {'steps':>6} {'ms/step':>8} {'overhead':>9} {'projected':>10} {'measured':>9} {'error':>7}"
-          f"   (plan cmd, run cmd)")
-    for r in results:
-        print(f"{r['spec']:<32} {r['steps']:>6} {r['probe']['step_time'] * 1e3:>8.1f} {r['probe']['overhead_seconds']:>8.1f}s "
-              f"{r['projected_s']:>9.1f}s {r['measured_s']:>8.1f}s {r['error']:>+7.1%}   "
+    results = [(case(spec, sets, args.probe, plan_first=i % 2 == 0), os.getloadavg()[0])
+               for spec, sets in cases for i in range(args.repeats)]
+    print(f"{'spec':<32} {'first':>5} {'steps':>6} {'ms/step':>8} {'overhead':>9} {'projected':>10} {'measured':>9} "
+          f"{'error':>7}  load  (plan cmd, run cmd)")
+    for i, (r, load) in enumerate(results):
+        print(f"{r['spec']:<32} {'plan' if i % args.repeats % 2 == 0 else 'run':>5} {r['steps']:>6} "
+              f"{r['probe']['step_time'] * 1e3:>8.1f} {r['probe']['overhead_seconds']:>8.1f}s "
+              f"{r['projected_s']:>9.1f}s {r['measured_s']:>8.1f}s {r['error']:>+7.1%}  {load:>4.1f}  "
               f"({r['plan_command_s']:.0f} s, {r['run_command_s']:.0f} s)")
-    worst = max(abs(r["error"]) for r in results) if results else 0.0
-    print(f"worst error {worst:.1%} (target <= 15%); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for spec, _ in cases:
+        errors = [r["error"] for r, _ in results if r["spec"] == spec]
+        print(f"{spec}: median error {statistics.median(errors):+.1%} over {len(errors)} pair(s) (target within 15%)")
+    print(f"{os.cpu_count()} CPUs; the load column is the 1-minute load average after each pair")
 
 
 if __name__ == "__main__":
