@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python bench/submit_scale.py
 	$(BIN)/python bench/gpu_check.py --out results/gpu_check.json
 	$(BIN)/python bench/report_scale.py
+	$(BIN)/python bench/plan_accuracy.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -18,6 +18,8 @@ from orchestrator.record.paths import default_results_root
 # name -> (module under orchestrator.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("submit", "submit a spec (or a sweep) to the local or SLURM backend"),
+    "prefetch": ("prefetch", "fetch the hub assets specs name into the shared cache; tokenize their corpora"),
+    "plan": ("plan", "parameters, tokens, FLOPs, memory and (with --probe) wall time of a spec, before the queue"),
     "status": ("status", "show every run: state, progress, losses, throughput, ETA, heartbeat"),
     "logs": ("logs", "print or follow a run's logs"),
     "cancel": ("cancel", "cancel runs (SIGTERM, then SIGKILL after a grace period)"),

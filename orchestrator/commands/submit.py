@@ -35,12 +35,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from orchestrator.backends import get_backend
 
+        rows = _asset_rows(groups)
         out = []
         for g in groups:
             backend = get_backend(g.backend)
             for item in g.group.items:
                 script = backend.render(item, g.group)
-                out.append({"run_id": item.run.run_id, "backend": g.backend, "spec": item.spec.model_dump(mode="json"), "script": script})
+                out.append({"run_id": item.run.run_id, "backend": g.backend, "spec": item.spec.model_dump(mode="json"),
+                            "script": script, "assets": [rows[a.identity] for a in item.spec.assets()]})
         if args.json:
             print(json.dumps(out, indent=2))
             return 0
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
             kind = f"a sweep of {n} runs" if g.group.items[0].run.record.get("sweep_id") else "1 run"
             print(f"# {g.source}: {kind} on the {g.backend} backend" +
                   (f", at most {g.group.max_parallel} at a time" if g.group.max_parallel else ""))
+        if rows:
+            print("# hub assets (jobs run offline against this cache: `orch prefetch` fetches what is missing)")
+            for a in rows.values():
+                print(f"#   {a['state']:<7} {a['label']}  [{a['key']}]")
         shown = 0
         for entry, item in zip(out, (i for g in groups for i in g.group.items)):
             if shown == SHOW_AT_MOST:
@@ -80,6 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if args.wait:
         return wait_for_runs([item.run for item, _ in submitted], root.root, quiet=args.json)
     return 0
+
+
+def _asset_rows(groups: list) -> dict[tuple, dict]:
+    """Each hub asset of the submission once (by identity), with whether this side's cache holds it
+    (asked of the cache alone, no network)."""
+    from orchestrator.hub.cache import hf_home, is_cached
+    from orchestrator.lifecycle.submit import assets_of
+
+    assets = assets_of([item.spec for g in groups for item in g.group.items])
+    return {a.identity: {"kind": a.kind, "repo_id": a.repo_id, "config": a.config, "split": a.split,
+                         "revision": a.revision, "key": a.key, "label": a.label, "cache": hf_home(),
+                         "state": "cached" if is_cached(a) else "missing"} for a in assets}
 
 
 __all__ = ["add_arguments", "run", "OrchError"]

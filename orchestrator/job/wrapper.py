@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, TypeVar
 from orchestrator.backends.base import JobEnvironment
 from orchestrator.backends.registry import job_environment, names as backend_names
 from orchestrator.job.proctree import signal_tree
+from orchestrator.lifecycle.provenance import safe_env
 from orchestrator.record import record
 from orchestrator.record.atomicio import atomic_write_json, file_lock, read_json
 from orchestrator.record.heartbeat import Heartbeat
@@ -333,6 +334,11 @@ class JobWrapper:
         env.setdefault("ORCH_RESULTS_ROOT", str(self.paths.root.parent.parent))
         cmd = self.command or trainer_command(self.spec, self.paths.root, f"{self.paths.run_id}-{n}")
         self.paths.logs.mkdir(parents=True, exist_ok=True)
+        try:  # what the trainer runs with (HF_HOME, offline mode, ...), as provenance records the submitting side's
+            atomic_write_json(self.paths.environment(n), {"attempt": n, "hostname": socket.gethostname(),
+                                                          "env": safe_env(env)})
+        except OSError:
+            pass  # a record for people, not state: a full disk is diagnosed by the attempt itself
         with open(self.paths.stdout(n), "ab") as out, open(self.paths.stderr(n), "ab") as err:
             out.write(f"# orch attempt {n} on {socket.gethostname()} at {now_iso()}: {shlex.join(cmd)}\n".encode())
             out.flush()

@@ -1,7 +1,9 @@
 """Turning resolved specs into run folders and backend submissions.
 
 `plan()` makes the run folders (spec.yaml, run.json, provenance) for one or several spec files,
-resolving `after:` against runs of the same submission first, then the results tree;
+resolving `after:` against runs of the same submission first, then the results tree, and
+resolves the hub assets the specs name on this side (`orchestrator.hub.cache`: checked, fetched
+when the hub is reachable, else exit 2) so that jobs run offline against the shared cache;
 `submit_plan()` hands each group (a sweep = one group) to its backend. `resubmit()` starts a
 new attempt of an existing run from its own folder (resume, and monitor's retries).
 """
@@ -23,6 +25,9 @@ from orchestrator.errors import UserError
 from orchestrator.record.paths import RunPaths
 from orchestrator.lifecycle.provenance import collect
 from orchestrator.record.tree import ResultsRoot, Run, new_run_id
+from orchestrator.hub import cache as hub
+from orchestrator.hub.assets import Asset
+from orchestrator.spec.profile import load_profile
 from orchestrator.spec.registry import lookup
 from orchestrator.spec.schema import Spec, load_spec, parse_duration, spec_from_run, spec_to_yaml
 
@@ -84,6 +89,19 @@ def _absolutize(spec: Spec, spec_dir: Path, overridden: set[str], origin: Path) 
     return spec
 
 
+def with_hub_env(spec: Spec, profile: Any) -> Spec:
+    """The spec with the hub variables its job needs (`HF_HOME`, offline mode) in `env:`."""
+    extra = hub.job_env(spec, profile)
+    return _with(spec, "env", {**spec.env, **extra}) if extra else spec
+
+
+def prefetch_command(spec_files: list[Path], overrides: list[str]) -> str:
+    """The `orch prefetch` command line that fetches what these specs need."""
+    import shlex
+
+    return "orch prefetch " + shlex.join([*map(str, spec_files), *(w for o in overrides for w in ("--set", o))])
+
+
 def _resolve_after(refs: list[str], root: ResultsRoot, made: dict[str, list[Run]]) -> list[Run]:
     deps: list[Run] = []
     for ref in refs:
@@ -100,6 +118,28 @@ def _resolve_after(refs: list[str], root: ResultsRoot, made: dict[str, list[Run]
     return deps
 
 
+def resolve_specs(spec_files: list[Path], overrides: list[str], backend: Optional[str]) -> list[tuple[Path, list[Any], list[Spec]]]:
+    """Load and validate every spec file, then resolve each run's spec as its job will read it:
+    local paths absolute, the hub variables (cache, offline mode) in `env:`. Nothing is written."""
+    loaded = [(f, load_spec(f, overrides, backend)) for f in spec_files]
+    overridden = {item.partition("=")[0].strip() for item in overrides}
+    profile = load_profile()
+    hub.use_profile_cache(profile)
+    return [(f, resolved, [with_hub_env(_absolutize(r.spec, f.resolve().parent, overridden, f), profile)
+                           for r in resolved]) for f, resolved in loaded]
+
+
+def assets_of(specs: list[Spec], *, offline_only: bool = False) -> list[Asset]:
+    """The hub assets of these runs, each once (`offline_only`: of runs whose nodes are offline)."""
+    found: dict[tuple, Asset] = {}
+    for spec in specs:
+        if offline_only and spec.env.get("HF_HUB_OFFLINE") != "1":
+            continue
+        for asset in spec.assets():
+            found.setdefault(asset.identity, asset)
+    return list(found.values())
+
+
 def plan(
     spec_files: list[Path],
     root: ResultsRoot,
@@ -109,15 +149,17 @@ def plan(
     dry_run: bool,
     argv: list[str],
 ) -> list[PlannedGroup]:
-    """Validate every spec first (nothing is created if any is bad), then make run folders."""
-    loaded = [(f, load_spec(f, overrides, backend)) for f in spec_files]
-    overridden = {item.partition("=")[0].strip() for item in overrides}
+    """Validate every spec and resolve its hub assets first (nothing is created if any is bad or
+    missing), then make run folders."""
+    prepared = resolve_specs(spec_files, overrides, backend)
+    if not dry_run:  # a run whose nodes are offline needs its assets in the cache now
+        hub.ensure(assets_of([s for _, _, specs in prepared for s in specs], offline_only=True),
+                   prefetch_command(spec_files, overrides))
     groups: list[PlannedGroup] = []
     made: dict[str, list[Run]] = {}
     provenance_cache: dict[Path, tuple[dict[str, Any], str]] = {}
     yaml_cache: dict[str, str] = {}
-    for file, resolved in loaded:
-        base = file.resolve().parent
+    for file, resolved, specs in prepared:
         first = resolved[0].spec
         sweep = resolved[0].sweep
         is_sweep = sweep is not None
@@ -127,8 +169,7 @@ def plan(
         if not dry_run and file not in provenance_cache:
             provenance_cache[file] = collect(file, argv)
         items: list[SubmitItem] = []
-        for r in resolved:
-            spec = _absolutize(r.spec, base, overridden, file)
+        for r, spec in zip(resolved, specs):
             record = {
                 "spec_file": str(file.resolve()),
                 "sweep_id": sweep_id,

@@ -135,6 +135,10 @@ class RunPaths:
     def stderr(self, attempt: int) -> Path:
         return self.logs / f"stderr-{attempt}.log"
 
+    def environment(self, attempt: int) -> Path:
+        """The job side's environment of an attempt (reproducibility variables only, no secrets)."""
+        return self.logs / f"environment-{attempt}.json"
+
     @property
     def scheduler_log(self) -> Path:
         return self.logs / "scheduler.log"  # the batch system's own output (sbatch --output)

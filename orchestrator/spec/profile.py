@@ -19,6 +19,9 @@ not about an experiment, so they live in one user-level file, `~/.config/orch/cl
     query_interval: 10        # seconds between scheduler queries, shared by all orch processes
     report_dir: ~/public_html/orch   # `orch monitor` rewrites this static report after every pass
     umask: "0002"             # shared project folders: files 0664, folders 0775 (group members read and write)
+    hf_home: /shared/hf-cache # the Hugging Face cache jobs read (default: the submitting side's HF_HOME)
+    online: false             # true: compute nodes reach the hub (jobs then run without HF_*_OFFLINE)
+    gpu_mem: 80G              # `orch plan`: memory of one GPU of this cluster (default: 80G)
 
 `umask` (quoted octal) is applied by every orch command that writes into the results tree and,
 through a `umask` line in job.sh, by every job on either backend, whatever the umask of the shell
@@ -56,6 +59,9 @@ class ClusterProfile(BaseModel):
     report_dir: Optional[str] = Field(None, description="`orch monitor` rewrites this static HTML report after every pass")
     umask: Optional[str] = Field(None, description="quoted octal umask for orch and its jobs, e.g. \"0002\" for "
                                  "group-shared project folders (files 0664, folders 0775)")
+    hf_home: Optional[str] = Field(None, description="the shared Hugging Face cache (HF_HOME) prefetch fills and jobs read")
+    online: bool = Field(False, description="compute nodes reach the Hugging Face hub (else jobs run offline)")
+    gpu_mem: Optional[str] = Field(None, description="`orch plan`: memory of one GPU, e.g. 80G (default 80G)")
 
     @field_validator("signal")
     @classmethod
@@ -83,7 +89,16 @@ class ClusterProfile(BaseModel):
     def umask_bits(self) -> Optional[int]:
         return int(self.umask, 8) if self.umask else None
 
-    @field_validator("template", "cache_dir", "python", "report_dir")
+    @field_validator("gpu_mem")
+    @classmethod
+    def _mem(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from orchestrator.spec.sections import parse_mem
+
+            parse_mem(v)
+        return v
+
+    @field_validator("template", "cache_dir", "python", "report_dir", "hf_home")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return os.path.expanduser(v) if v else v

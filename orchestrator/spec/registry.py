@@ -75,6 +75,9 @@ class TrainerInfo:
     paths_or_ids: key paths naming a local path or a hub id (e.g. `model.init_from`): made absolute
                 when that local path exists; a value written as a path (`/`, `./`, `../`, `~`) that
                 does not exist is an error at submit.
+    prepare:    optional `package.module:function`, called by `orch prefetch` as function(spec,
+                results_root) -> str (a line to print): work a job would otherwise do first on a
+                compute node, such as tokenizing the corpus into a shared cache. Imported only there.
     """
 
     name: str
@@ -84,6 +87,7 @@ class TrainerInfo:
     metrics: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     paths_or_ids: tuple[str, ...] = ()
+    prepare: Optional[str] = None
 
     def metric_problem(self, name: str, declared: tuple[str, ...] = ()) -> Optional[str]:
         """Why a name in a `checks:` expression can never have a value for this trainer (with a
@@ -110,6 +114,8 @@ class TrainerInfo:
             raise TypeError(f"trainer {self.name!r}: spec_class must be a subclass of {Spec.__module__}.Spec")
         if ":" not in self.entry:
             raise ValueError(f"trainer {self.name!r}: entry must be 'package.module:Class', got {self.entry!r}")
+        if self.prepare is not None and ":" not in self.prepare:
+            raise ValueError(f"trainer {self.name!r}: prepare must be 'package.module:function', got {self.prepare!r}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.hub.assets import Asset
+from orchestrator.plan.shape import ModelShape
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TRAINER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
@@ -84,6 +87,11 @@ class Section(BaseModel):
     """A spec section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    def assets(self) -> list[Asset]:
+        """The hub repositories this section names (keys relative to the section); a trainer's
+        sections override it (`orchestrator.hub.assets`)."""
+        return []
 
 
 # ------------------------------------------------------------------------------ sections
@@ -203,6 +211,8 @@ class ResourcesSpec(Section):
     qos: Optional[str] = None
     constraint: Optional[str] = None
     exclusive: bool = False
+    online: Optional[bool] = Field(None, description="the compute nodes reach the Hugging Face hub (default: the "
+                                   "cluster profile's `online`, else no: jobs run with HF_HUB_OFFLINE=1)")
     sbatch: list[str] = Field(default_factory=list, description="extra #SBATCH options, e.g. --gres=gpu:4")
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job (module load ...)")
     template: Optional[str] = Field(None, description="your own sbatch template")
@@ -289,6 +299,21 @@ class Spec(Section):
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
     after: list[str] = Field(default_factory=list, description="runs or names that must succeed first")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for the job")
+
+    def model_shape(self) -> Optional[ModelShape]:
+        """The model's sizes for `orch plan` (`orchestrator.plan.shape`); a trainer's schema overrides
+        this. None: no arithmetic for this trainer (a probe still measures it)."""
+        return None
+
+    def assets(self) -> list[Asset]:
+        """Every hub asset the spec's sections name, keys as full paths (`data.hub`), each once."""
+        found: dict[tuple, Asset] = {}
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, Section):
+                for asset in section.assets():
+                    found.setdefault(asset.identity, asset.under(name))
+        return list(found.values())
 
     @field_validator("name")
     @classmethod

@@ -46,6 +46,11 @@ from trainers.framework.signals import PreemptionHandler
 
 
 # ----------------------------------------------------------------------------- budget and clock
+def token_cache_root(results_root: Path) -> Path:
+    """Where tokenized corpora are cached for every run under `results_root` (`orch prefetch` fills it too)."""
+    return Path(results_root) / ".cache" / "tokens"
+
+
 @dataclass
 class Budget:
     """Whichever ends first: steps, tokens, epochs, or training seconds summed over all attempts."""
@@ -200,7 +205,7 @@ class TrainerContext:
     def cache_root(self) -> Path:
         """The shared token cache: `<ORCH_RESULTS_ROOT>/.cache/tokens` (results root = run dir's grandparent)."""
         root = os.environ.get("ORCH_RESULTS_ROOT")
-        return (Path(root) if root else self.paths.root.parent.parent) / ".cache" / "tokens"
+        return token_cache_root(Path(root) if root else self.paths.root.parent.parent)
 
     # -- small helpers trainers use ---------------------------------------------------------------
     def print(self, line: str) -> None:
@@ -439,14 +444,11 @@ class Trainer:
 
     # ---- pieces of the loop -----------------------------------------------------------------------
     def _eta(self, total: Optional[int]) -> Optional[float]:
+        from orchestrator.plan.projection import remaining_seconds  # the projection `orch plan` makes
+
         ctx = self.ctx
-        elapsed = ctx.clock.this_attempt
-        left = []
-        if total and self.step > self._start_step:
-            left.append((total - self.step) * elapsed / (self.step - self._start_step))
-        if ctx.budget.max_time_s is not None:
-            left.append(max(0.0, ctx.budget.max_time_s - ctx.clock.total))
-        return round(min(left), 1) if left else None
+        time_left = ctx.budget.max_time_s - ctx.clock.total if ctx.budget.max_time_s is not None else None
+        return remaining_seconds(self.step, self._start_step, total, ctx.clock.this_attempt, time_left)
 
     def _log_train(self, out: dict[str, Any], loss_avg: torch.Tensor, since: float, steps: int,
                    total: Optional[int]) -> None:

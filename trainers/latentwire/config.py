@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
+from orchestrator.hub.assets import Asset, hub_id
 from orchestrator.spec.registry import TrainerInfo
 from orchestrator.spec.sections import EvalSpec, Section, Spec
 from trainers.lm.config import TokenizerSpec
@@ -87,6 +88,11 @@ class LatentWireModelSpec(Section):
             data = {**data, "decoder": TINY_RANDOM_DECODER}
         return data
 
+    def assets(self) -> list[Asset]:
+        """A hub decoder (its tokenizer comes with it); the tiny random one and a run's are local."""
+        repo = hub_id(self.decoder) if self.decoder != TINY_RANDOM_DECODER else None
+        return [Asset("model", repo, key="decoder")] if repo else []
+
     @model_validator(mode="after")
     def _one_decoder(self) -> "LatentWireModelSpec":
         given = [k for k in ("decoder", "decoder_from_run") if getattr(self, k)]
@@ -144,6 +150,9 @@ class SquadDataSpec(Section):
     train_samples: Optional[int] = Field(None, ge=1, description="the first N of a seeded shuffle (null: all)")
     eval_samples: Optional[int] = Field(None, ge=1)
     keep_unanswerable: bool = Field(False, description="v2.0: keep questions without an answer")
+
+    def assets(self) -> list[Asset]:
+        return [Asset("dataset", self.hub, key="hub", config=self.config)] if self.hub else []
 
     @model_validator(mode="after")
     def _one_source(self) -> "SquadDataSpec":

@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from orchestrator.hub.assets import Asset, hub_id
+from orchestrator.plan.shape import ModelShape
 from orchestrator.spec.registry import TrainerInfo
 from orchestrator.spec.sections import EvalSpec, Section, Spec
 
@@ -104,6 +106,10 @@ class ModelSpec(Section):
     def _known_arch(cls, v: str) -> str:
         return check_arch(v)
 
+    def assets(self) -> list[Asset]:
+        repo = hub_id(self.init_from)
+        return [Asset("model", repo, key="init_from")] if repo else []
+
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpec":
         if self.d_model % self.n_head:
@@ -123,6 +129,10 @@ class TokenizerSpec(Section):
     name_or_path: Optional[str] = Field(None, description="pretrained: local path or hub id")
     add_eos: bool = False
 
+    def assets(self) -> list[Asset]:
+        repo = hub_id(self.name_or_path) if self.type == "pretrained" else None
+        return [Asset("tokenizer", repo, key="name_or_path")] if repo else []
+
     @model_validator(mode="after")
     def _pretrained_needs_name(self) -> "TokenizerSpec":
         if self.type == "pretrained" and not self.name_or_path:
@@ -139,6 +149,10 @@ class DataSpec(Section):
     builtin: Optional[str] = Field(None, description="a corpus shipped with orch (quickstart)")
     text_field: str = "text"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    def assets(self) -> list[Asset]:
+        """A hub dataset, every split (the trainer reads train and validation when there is one)."""
+        return [Asset("dataset", self.hub, key="hub", config=self.config)] if self.hub else []
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -184,6 +198,11 @@ class LMSpec(Spec):
     data: DataSpec = Field(default_factory=lambda: DataSpec(builtin="arith"))
     eval: LMEvalSpec = Field(default_factory=LMEvalSpec)  # type: ignore[assignment]
 
+    def model_shape(self) -> Optional[ModelShape]:
+        """Parameters and sizes for `orch plan` (torch-free, equal to the trainer's own counts);
+        None when the vocabulary or a pretrained model's config cannot be read without loading data."""
+        return _lm_model_shape(self)
+
 
 TRAINER = TrainerInfo(
     name="lm",
@@ -197,4 +216,111 @@ TRAINER = TrainerInfo(
              "tokens_per_param", "tokens_per_non_embedding_param", "chinchilla"),
     paths=("data.path",),
     paths_or_ids=("tokenizer.name_or_path", "model.init_from"),
+    prepare="trainers.lm.data:prepare",
 )
+
+
+# ----------------------------------------------------------------------------- planning (`orch plan`)
+def _gpt2_counts(v: int, h: int, layers: int, f: int, positions: int, tie: bool) -> tuple[int, int]:
+    """(total, non-embedding) of transformers' GPT2LMHeadModel: biases everywhere, learned positions."""
+    layer = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h)
+    embedding = v * h + positions * h + (0 if tie else v * h)
+    total = v * h + positions * h + layers * layer + 2 * h + (0 if tie else v * h)
+    return total, total - embedding
+
+
+def _llama_counts(v: int, h: int, layers: int, f: int, heads: int, kv_heads: int, head_dim: int,
+                  tie: bool) -> tuple[int, int]:
+    """(total, non-embedding) of transformers' Llama/Mistral: no biases, RMSNorm, SwiGLU, rotary positions."""
+    layer = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h + 3 * h * f + 2 * h
+    embedding = v * h + (0 if tie else v * h)
+    total = v * h + layers * layer + h + (0 if tie else v * h)
+    return total, total - embedding
+
+
+def _read_json(path: Optional[str]) -> Optional[dict]:
+    import json
+
+    try:
+        return json.loads(open(path, encoding="utf-8").read()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def _local_or_cached(name: str, filename: str) -> Optional[str]:
+    """A file of a local folder or of a hub repo's cached snapshot (no network)."""
+    import os
+
+    if os.path.isdir(name):
+        path = os.path.join(name, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, filename)
+    return found if isinstance(found, str) else None
+
+
+def _pretrained_vocab(name: str) -> Optional[int]:
+    """A pretrained tokenizer's size (its highest id + 1) from its tokenizer.json, local or cached."""
+    data = _read_json(_local_or_cached(name, "tokenizer.json"))
+    if not data:
+        return None
+    ids = list((data.get("model") or {}).get("vocab", {}).values() or [0])
+    ids += [t.get("id", 0) for t in data.get("added_tokens", [])]
+    return max(i for i in ids if isinstance(i, int)) + 1
+
+
+def _char_vocab(data: DataSpec) -> Optional[int]:
+    """The characters of the whole corpus (the char tokenizer's vocabulary), for builtin and text files."""
+    if data.builtin:
+        from trainers.lm.corpora import builtin_text
+
+        return len(set(builtin_text(data.builtin)))
+    if data.path and data.path.rsplit(".", 1)[-1].lower() in ("txt", "text", "md", "raw", "tokens"):
+        try:
+            with open(data.path, encoding="utf-8") as fh:
+                return len(set(fh.read()))
+        except OSError:
+            return None
+    return None
+
+
+def _lm_model_shape(spec: "LMSpec") -> Optional[ModelShape]:
+    """Parameters and sizes of the model an `lm` spec trains, as the trainer will build it."""
+    tok, m, notes = spec.tokenizer, spec.model, []
+    if tok.type == "char":
+        vocab = _char_vocab(spec.data)
+    elif tok.type == "bpe":
+        vocab = tok.vocab_size
+        notes.append(f"BPE vocabulary at its configured size ({tok.vocab_size:,}); a small corpus may train fewer")
+    else:
+        vocab = _pretrained_vocab(tok.name_or_path or "")
+    if vocab is None:
+        return None
+    if m.init_from:
+        cfg = _read_json(_local_or_cached(m.init_from, "config.json"))
+        if not cfg:
+            return None
+        vocab = max(vocab, cfg.get("vocab_size") or 0)  # the trainer grows a smaller embedding to the tokenizer
+        if cfg.get("model_type") == "gpt2":
+            h, layers, heads = cfg.get("n_embd", 768), cfg.get("n_layer", 12), cfg.get("n_head", 12)
+            f, kv, positions = cfg.get("n_inner") or 4 * h, heads, cfg.get("n_positions", 1024)
+            total, non_emb = _gpt2_counts(vocab, h, layers, f, positions, cfg.get("tie_word_embeddings", True))
+        elif cfg.get("model_type") in ("llama", "mistral"):
+            h, layers, heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+            f, kv = cfg["intermediate_size"], cfg.get("num_key_value_heads") or heads
+            total, non_emb = _llama_counts(vocab, h, layers, f, heads, kv, cfg.get("head_dim") or h // heads,
+                                           cfg.get("tie_word_embeddings", False))
+        else:
+            return None
+        notes.append(f"dimensions from {m.init_from}'s config.json")
+    else:
+        h, layers, heads, f = m.d_model, m.n_layer, m.n_head, m.d_ff or 4 * m.d_model
+        kv = m.n_kv_head or heads
+        if m.arch == "gpt2":
+            total, non_emb = _gpt2_counts(vocab, h, layers, f, m.max_seq_len, m.tie_embeddings)
+        else:
+            total, non_emb = _llama_counts(vocab, h, layers, f, heads, kv, h // heads, m.tie_embeddings)
+    return ModelShape(params=total, non_embedding=non_emb, trainable=total, n_layer=layers, d_model=h, n_head=heads,
+                      d_ff=f, vocab_size=vocab, seq_len=m.max_seq_len, n_kv_head=kv, dropout=m.dropout,
+                      notes=tuple(notes))

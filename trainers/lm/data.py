@@ -434,6 +434,16 @@ def tokenize_to_memmap(
     return _open_entry(entry, False, tokenizer_out)
 
 
+def prepare(spec: Any, results_root: Path) -> str:
+    """`orch prefetch`: tokenize the spec's corpus into the token cache its runs will read (the
+    `TrainerInfo.prepare` hook), so a sweep's jobs do not each load and tokenize on compute nodes."""
+    from trainers.framework.base import token_cache_root
+
+    data = tokenize_to_memmap(spec.data, spec.tokenizer, Path.cwd(), token_cache_root(results_root))
+    what = "already tokenized" if data.cache_hit else "tokenized"
+    return f"{what}: {len(data.train):,} train / {len(data.val):,} val tokens in {data.cache_dir}"
+
+
 def _try_open(entry: Path, tokenizer_out: Path | None) -> TokenData | None:
     """The cached entry, or None when it is missing or unreadable (then it gets rebuilt)."""
     if not (entry / "meta.json").exists():

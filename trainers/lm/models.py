@@ -291,10 +291,12 @@ def flops_per_token(config: Any, n_non_embedding: int, seq_len: int) -> float:
     count, d_model * vocab the output projection (the logits matmul, tied to the input embedding or
     not), which N leaves out but every token pays for (nanoGPT counts the tied lm_head in its N),
     and the last term attention's QK^T and AV (PaLM appendix B). Read from the built model's config,
-    so a model loaded with `init_from` is counted as it is, not as the spec's defaults say.
+    so a model loaded with `init_from` is counted as it is, not as the spec's defaults say. The
+    formula is `orchestrator.plan.arithmetic.flops_per_token`, the one `orch plan` projects with.
     """
-    n_layer, d_model, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
-    return 6.0 * (n_non_embedding + d_model * vocab) + 12.0 * n_layer * d_model * seq_len
+    from orchestrator.plan.arithmetic import flops_per_token as formula
+
+    return formula(n_non_embedding, config.num_hidden_layers, config.hidden_size, config.vocab_size, seq_len)
 
 
 # Dense (no sparsity) peak tensor-core TFLOPS from the vendors' datasheets.

@@ -15,11 +15,11 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from orchestrator.plan.arithmetic import CHINCHILLA_TOKENS_PER_PARAM, chinchilla_verdict  # one verdict with `orch plan`
 from orchestrator.record.atomicio import append_jsonl
 from trainers.framework.base import Budget, Outcome, Trainer
 from trainers.lm.data import BlockSampler, iter_eval_batches, tokenize_to_memmap
 
-CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. (2022): compute-optimal tokens per parameter
 _VAL_SEED, _TRAIN_EVAL_SEED = 1234, 4321  # fixed eval batches: losses compare across evaluations
 
 
@@ -241,9 +241,7 @@ class LMTrainer(Trainer):
                 "tokens_per_param_optimal": CHINCHILLA_TOKENS_PER_PARAM,
                 "optimal_tokens": int(optimal),
                 "ratio_to_optimal": ratio,
-                "verdict": None if ratio is None else ("under-trained (fewer tokens than 20 per parameter)"
-                                                       if ratio < 0.8 else "over-trained (more than 20 tokens per parameter)"
-                                                       if ratio > 1.25 else "about compute-optimal"),
+                "verdict": chinchilla_verdict(self.tokens_seen, n),
             },
             "hf_final": str(final) if final.is_dir() else None,
             "hf_best": str(best) if best.is_dir() else None,
