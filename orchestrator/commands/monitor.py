@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true", help="one pass, then exit (for cron; the default)")
     mode.add_argument("--loop", action="store_true", help="repeat passes every --interval seconds")
     mode.add_argument("--install-cron", action="store_true", help="print (or with --yes install) the crontab line")
-    p.add_argument("--interval", type=seconds(1.0), default=180.0, metavar="S", help="seconds between --loop passes (default 180)")
+    p.add_argument("--interval", type=seconds(0.1), default=180.0, metavar="S", help="seconds between --loop passes (default 180)")
     p.add_argument("--passes", type=count(1), default=None, metavar="N", help=argparse.SUPPRESS)  # tests: stop --loop after N
     p.add_argument("--every", default="5m", help="--install-cron: how often (e.g. 5m, 15m, 1h; default 5m)")
     p.add_argument("--yes", action="store_true", help="--install-cron: install into your crontab")

@@ -50,7 +50,7 @@ def test_submit_creates_a_missing_results_root(orch: Orch, tmp_path: Path) -> No
     (["status", "--watch", "0"], "argument --watch: expected 0.5"),
     (["status", "--watch", "inf"], "expected a finite number"),
     (["status", "--watch", "nan"], "expected a finite number"),
-    (["monitor", "--loop", "--interval", "0"], "argument --interval: expected 1 to"),
+    (["monitor", "--loop", "--interval", "0"], "argument --interval: expected 0.1 to"),
     (["logs", "x", "--lines", "-5"], "argument -n/--lines: expected 0 to"),
     (["logs", "x", "--lines", "1" * 40], "argument -n/--lines: expected 0 to"),
     (["logs", "x", "--attempt", "0"], "argument --attempt: expected 1 to"),
