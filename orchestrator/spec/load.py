@@ -172,9 +172,9 @@ def parse_overrides(items: list[str], schema: type[Spec] = Spec) -> list[tuple[s
 
 
 # Numbers beyond these are typos or hostile input (a 40-digit max_steps, lr=.inf): no field of a
-# spec means them, and they overflow the C types torch and Slurm use.
+# spec means them, and they overflow the C types torch and Slurm use (an int64 count, a float32).
 MAX_INT = 2**53
-MAX_FLOAT = 1e18
+MAX_FLOAT = 3.4e38
 MAX_SWEEP_POINTS = 10_000
 
 
