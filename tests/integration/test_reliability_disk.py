@@ -11,6 +11,7 @@ Mounting needs root: the tests skip with the reason otherwise.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import signal
 import subprocess
@@ -63,12 +64,20 @@ def _pids_using(mnt: Path) -> list[int]:
 
 def fill(mnt: Path, leave: int, name: str = "filler") -> Path:
     """Allocate all but `leave` bytes of the filesystem (really allocated: a tmpfs page per 4 KiB)."""
-    st = os.statvfs(mnt)
-    free = st.f_bavail * st.f_frsize
     filler = mnt / name
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, 0, max(1, free - leave))
+        for attempt in range(64):  # the running job writes meanwhile: ask again for a little less
+            st = os.statvfs(mnt)
+            want = st.f_bavail * st.f_frsize - leave - attempt * 16 * 1024
+            if want <= 0:
+                break
+            try:
+                os.posix_fallocate(fd, 0, want)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
     finally:
         os.close(fd)
     return filler
