@@ -58,6 +58,10 @@ class PassResult:
     unavailable: Optional[str] = None  # a backend did not answer (why): `orch monitor` exits 3
 
 
+# How long a pass waits for a stalled job it stopped to be gone before retrying it (else: next pass)
+STOP_WAIT = 30.0
+
+
 class Monitor:
     """One results root; `run_pass()` does one idempotent pass."""
 
@@ -73,6 +77,7 @@ class Monitor:
         self.events: list[dict[str, Any]] = []
         self._events_unwritable = False
         self.unavailable: Optional[str] = None
+        self._stopped: set[str] = set()  # runs whose stalled job this monitor stopped
 
     # -- bookkeeping ---------------------------------------------------------------------
     def emit(self, kind: str, run: Optional[Run] = None, **fields: Any) -> dict[str, Any]:
@@ -241,6 +246,7 @@ class Monitor:
             self.emit("stop_failed", run, summary=f"could not stop the stalled job: {exc}")
             return
         record.stop_stalled(run, n, reason)  # unless the wrapper recorded the outcome itself
+        self._stopped.add(run.run_id)
         self.emit("killed_stalled", run, attempt=n, summary=f"stopped stalled job {job_id} ({reason})")
 
     # -- ended runs ----------------------------------------------------------------------
@@ -320,6 +326,10 @@ class Monitor:
                       summary=f"{attempts} of {retry.max_attempts} attempts used", exception=d.exception)
             return True
         held = self._still_held(run)
+        deadline = time.monotonic() + STOP_WAIT
+        while held and run.run_id in self._stopped and not self.unavailable and time.monotonic() < deadline:
+            time.sleep(0.5)  # the job this pass stopped is still on its way out (SIGTERM, grace, SIGKILL)
+            held = self._still_held(run)
         if held:  # one job per run: the scheduler's own requeue is the next attempt
             if (rec.get("monitor") or {}).get("held") != held:
                 self._mark(run, n, run.state, held=held)
