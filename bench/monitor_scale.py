@@ -26,22 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.backends.local.submit import make_job_id  # noqa: E402
 from orchestrator.spec.schema import spec_to_yaml  # noqa: E402
+from status_scale import ACTIVE, FINISHED, _write  # noqa: E402  (the same tree generator's pieces)
 from trainers.lm.config import LMSpec  # noqa: E402
 
-FINISHED = ["COMPLETED"] * 6 + ["FAILED", "CANCELLED", "TIMEOUT"]
-ACTIVE = ["RUNNING", "QUEUED"]
 TRACEBACK = 'Traceback (most recent call last):\n  File "/x/train.py", line 3, in f\n    g()\nKeyError: \'x\'\n'
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def build(root: Path, runs: int, active: int = 100, failing: int = 10, seed: int = 0) -> None:
