@@ -342,12 +342,19 @@ def load_spec(
         data["backend"] = backend
     check_numbers(data, (), lines, file)
 
-    def validate(d: dict[str, Any], prefix: str = "") -> Spec:
+    def validate(d: dict[str, Any], prefix: str = "", changed: Optional[list[str]] = None) -> Spec:
+        """`changed`: the key paths a sweep point sets; only those can hold new numbers."""
         try:
             spec = schema.model_validate(d)
         except ValidationError as exc:
             raise _to_spec_errors(exc, lines, file, prefix, schema)
-        check_numbers(spec.model_dump(exclude_none=True), (), lines, file)  # strings pydantic read as numbers ("1e300")
+        dumped = spec.model_dump(exclude_none=True)  # strings pydantic read as numbers ("1e300")
+        for key in changed if changed is not None else [""]:
+            loc = tuple(key.split(".")) if key else ()
+            node: Any = dumped
+            for part in loc:
+                node = node.get(part) if isinstance(node, dict) else None
+            check_numbers(node, loc, lines, file)
         return spec
 
     # Validate the base once: errors in the file are reported once, not once per sweep point.
@@ -358,7 +365,8 @@ def load_spec(
     resolved = []
     for index, (point, d) in enumerate(points):
         label = ", ".join(f"{k}={v!r}" for k, v in point.items())
-        spec = validate(d, prefix=f"sweep point {index} ({label}): " if point else "")
+        spec = validate(d, prefix=f"sweep point {index} ({label}): " if point else "",
+                        changed=[str(k) for k in point] if point else None)
         resolved.append(ResolvedSpec(spec, d, path, point, index if sweep else None, sweep))
     return resolved
 
