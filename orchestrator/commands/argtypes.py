@@ -39,6 +39,22 @@ def bounded(kind: type, lo: float, hi: float, what: str = "") -> Callable[[str],
     return parse
 
 
+def checked(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type for ranges `bounded` does not express (open ends, no upper limit):
+    `cast(text)`, rejected unless finite and `ok`, the message saying `expected`."""
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names the type in its own messages
+    return parse
+
+
 def seconds(lo: float = 0.1, hi: float = 7 * 86400) -> Callable[[str], float]:
     """An interval in seconds (default: 0.1 s to a week)."""
     return bounded(float, lo, hi, "seconds")

@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
+from orchestrator.commands.argtypes import checked
 from orchestrator.errors import UserError
 from orchestrator.record.checkpoints import list_checkpoints
 from orchestrator.record.tree import ResultsRoot
 
 
 MAX_NEW_TOKENS = 100_000
-
-
-def _number(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """An argparse type: `cast(text)`, rejected (usage error, exit 2) unless finite and `ok`."""
-    def parse(text: str) -> float:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-        return value
-
-    parse.__name__ = cast.__name__  # argparse names the type in its own messages
-    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,14 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--best", action="store_true", help="the best checkpoint (by checkpoint.metric)")
     which.add_argument("--last", action="store_true", help="the newest complete checkpoint (the default)")
     p.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more prompts")
-    p.add_argument("--max-new-tokens", type=_number(int, lambda v: 1 <= v <= MAX_NEW_TOKENS,
+    p.add_argument("--max-new-tokens", type=checked(int, lambda v: 1 <= v <= MAX_NEW_TOKENS,
                                                     f"an integer from 1 to {MAX_NEW_TOKENS:,}"),
                    default=200, metavar="N", help=f"tokens to generate per prompt, 1 to {MAX_NEW_TOKENS:,} (default 200)")
-    p.add_argument("--temperature", type=_number(float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    p.add_argument("--temperature", type=checked(float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
                    default=0.8, metavar="T", help="sampling temperature > 0, or 0 = greedy (deterministic); default 0.8")
-    p.add_argument("--top-k", type=_number(int, lambda v: v >= 0, "an integer >= 0 (0 = off)"), default=200,
+    p.add_argument("--top-k", type=checked(int, lambda v: v >= 0, "an integer >= 0 (0 = off)"), default=200,
                    metavar="K", help="sample among the K most likely tokens; 0 = off (default 200)")
-    p.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=None,
+    p.add_argument("--top-p", type=checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=None,
                    metavar="P", help="nucleus sampling: the smallest set of tokens with probability >= P, in (0, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
