@@ -68,7 +68,6 @@ def summarize(view: RunView) -> dict[str, Any]:
         "step": step,
         "total_steps": total,
         "progress": (step / total) if (isinstance(step, (int, float)) and total) else None,
-        "run_dir": view.run.paths.dir,
         "backend": rec.get("backend"),
         "job_id": (rec.get("attempts") or [{}])[-1].get("job_id"),
         "attempts": len(rec.get("attempts") or []),
@@ -79,7 +78,6 @@ def summarize(view: RunView) -> dict[str, Any]:
         "phase": hb.get("phase") if live else None,
         "tokens_per_sec": hb.get("tokens_per_sec"),
         "eta_s": hb.get("eta_s") if live else None,
-        "heartbeat_age_s": heartbeat_age(hb) if hb else None,
         "checks": checks_summary(view.run),
         "reason": view.reason or rec.get("state_reason"),
         "failure": failure.get("class"),
@@ -88,17 +86,20 @@ def summarize(view: RunView) -> dict[str, Any]:
         "exit_code": rec.get("exit_code"),
         "damaged": None,
         "stale": view.stale,
+        # last: what depends on the place and the clock (a row kept by the run index is completed with them)
+        "run_dir": view.run.paths.dir,
+        "heartbeat_age_s": heartbeat_age(hb) if hb else None,
     }
 
 
 def summarize_damaged(d: Damaged) -> dict[str, Any]:
     """A damaged folder as a status row: state DAMAGED, the path and what is wrong with it."""
     return {"run_id": d.label, "name": d.group, "state": "DAMAGED", "step": None, "total_steps": None,
-            "progress": None, "run_dir": str(d.path), "backend": None, "job_id": None, "attempts": None,
+            "progress": None, "backend": None, "job_id": None, "attempts": None,
             "created_ns": None, "sweep_id": None, "sweep_point": None, "metrics": {}, "phase": None,
-            "tokens_per_sec": None, "eta_s": None, "heartbeat_age_s": None, "checks": None, "reason": None,
+            "tokens_per_sec": None, "eta_s": None, "checks": None, "reason": None,
             "failure": None, "failure_summary": None, "stop_reason": None, "exit_code": None,
-            "damaged": d.problem}
+            "damaged": d.problem, "stale": None, "run_dir": str(d.path), "heartbeat_age_s": None}
 
 
 def note(s: dict[str, Any]) -> str:

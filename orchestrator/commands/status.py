@@ -18,7 +18,9 @@ import difflib
 import json
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
+from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.commands.argtypes import count, seconds
 from orchestrator.errors import BackendUnavailable, UserError
@@ -168,7 +170,7 @@ def sort_key(name: Optional[str]) -> Callable[[dict[str, Any]], Any]:
 def _created(pair: tuple[Run, Optional[dict[str, Any]]]) -> tuple[int, str]:
     """A (run, indexed summary or None) pair's creation time: from the summary when the index kept one."""
     run, summary = pair
-    return ((summary or {}).get("created_ns") or run.record.get("created_ns") or 0, run.run_id)
+    return ((summary["created_ns"] if summary is not None else run.record.get("created_ns")) or 0, run.run_id)
 
 
 def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optional[list[str]]]:
@@ -193,8 +195,8 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optio
     asked_damaged = bool(args.runs and damaged)
     now = time.time()
     # (run, its summary from the index, or None: made below from its folder)
-    pairs = [(r, from_index(row, r, now) if scan is not None and (row := scan.row(r)) is not None else None)
-             for r in runs]
+    of = KeptSummary.of
+    pairs = [(r, of(r, scan.row(r), now)) for r in runs] if scan is not None else [(r, None) for r in runs]
     if args.name:
         pairs = [(r, s) for r, s in pairs if (s["name"] if s is not None else r.name) in args.name]
         damaged = [d for d in damaged if d.group in args.name]
@@ -214,8 +216,8 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optio
         if s is None:
             view = next(views)
             s = summarize(view)
-            if scan is not None and view.state.terminal:
-                scan.keep_row(r, to_index(s, view))
+            if scan is not None and view.state.terminal and not s.get("stale"):
+                KeptSummary.keep(scan, s, view)
         if not wanted or s["state"] in wanted:
             summaries.append(s)
     if scan is not None:
@@ -235,18 +237,80 @@ def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool, Optio
 ROWS_VERSION = index.code_version(__file__, runrows.__file__, refresh_module.__file__, index.__file__)
 
 
-def to_index(s: dict[str, Any], view: RunView) -> dict[str, Any]:
-    """A finished run's summary as the index keeps it: what depends on the place or the clock
-    (the run folder, the heartbeat's age) is filled in again by `from_index`."""
-    return {**s, "run_dir": None, "heartbeat_age_s": view.heartbeat.get("time") if view.heartbeat else None}
+class KeptSummary(Mapping[str, Any]):
+    """A finished run's summary as the run index keeps it, read back: its JSON text (every key but the
+    last two, which depend on the place and the clock: the run folder and the heartbeat's age, filled in
+    now), decoded only when a key other than the few the filters use is read. `orch status --json` writes
+    the text as it is kept: 10,000 finished runs are neither decoded nor encoded again.
+
+    Kept in the index as the text plus the value `[heartbeat time or None, name, state, created_ns]`;
+    a row of another shape is no row (the run is read and its row made again)."""
+
+    __slots__ = ("value", "text", "run_id", "run_dir", "now", "_whole")
+    _HOT = {"name": 1, "state": 2, "created_ns": 3}  # read without decoding (by the filters and --last)
+
+    def __init__(self, value: list[Any], text: str, run_id: str, run_dir: str, now: float) -> None:
+        self.value, self.text, self.run_id, self.run_dir, self.now = value, text, run_id, run_dir, now
+        self._whole: Optional[dict[str, Any]] = None
+
+    @staticmethod
+    def keep(scan: index.Scan, s: dict[str, Any], view: RunView) -> None:
+        """Keep summary `s` (made by `summarize`, whose last keys are run_dir and heartbeat_age_s) in the index."""
+        body = {k: v for k, v in s.items() if k not in ("run_dir", "heartbeat_age_s")}
+        beat = view.heartbeat.get("time") if view.heartbeat else None
+        beat = float(beat) if heartbeat_age({"time": beat}) is not None else None  # garbage times: no beat
+        scan.keep_row(view.run, [beat, s["name"], s["state"], s.get("created_ns")], json.dumps(body, default=str))
+
+    @classmethod
+    def of(cls, run: Run, row: Optional[tuple[Any, str]], now: float) -> Optional["KeptSummary"]:
+        if row is None:
+            return None
+        value, text = row
+        if (type(value) is list and len(value) == 4 and (value[0] is None or type(value[0]) is float)
+                and text[-1:] == "}" and len(text) > 2):
+            return cls(value, text, run.run_id, run.paths.dir, now)
+        return None
+
+    def age(self) -> Optional[float]:
+        beat = self.value[0]
+        return None if beat is None else max(0.0, self.now - beat)
+
+    def whole(self) -> dict[str, Any]:
+        """The summary as a dict (decoded once)."""
+        if self._whole is None:
+            d = json.loads(self.text)
+            d["run_dir"], d["heartbeat_age_s"] = self.run_dir, self.age()
+            self._whole = d
+        return self._whole
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "run_id":
+            return self.run_id
+        i = self._HOT.get(key)
+        if i is not None:
+            return self.value[i]
+        return None if key == "stale" else self.whole()[key]  # a kept row is never stale
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.whole())
+
+    def __len__(self) -> int:
+        return len(self.whole())
 
 
-def from_index(row: dict[str, Any], run: Run, now: float) -> dict[str, Any]:
-    """A summary kept by `to_index` (a copy, changed in place), with its run folder and heartbeat age now."""
-    row["run_dir"] = run.paths.dir
-    beat = row["heartbeat_age_s"]
-    row["heartbeat_age_s"] = heartbeat_age({"time": beat}, now) if beat is not None else None
-    return row
+def dumps(summaries: list[Any], indent: Optional[int] = None) -> str:
+    """The summaries as a JSON list, exactly as `json.dumps` writes them; kept rows written out as kept."""
+    if indent is not None or not any(type(s) is KeptSummary for s in summaries):
+        return json.dumps([s.whole() if type(s) is KeptSummary else s for s in summaries], indent=indent, default=str)
+    parts = []
+    for s in summaries:
+        if type(s) is KeptSummary:
+            beat = s.value[0]
+            age = "null" if beat is None else float.__repr__(max(0.0, s.now - beat))
+            parts.append(f'{s.text[:-1]}, "run_dir": {encode_basestring_ascii(s.run_dir)}, "heartbeat_age_s": {age}}}')
+        else:
+            parts.append(json.dumps(s, default=str))
+    return "[" + ", ".join(parts) + "]"
 
 
 def unavailable(summaries: list[dict[str, Any]]) -> Optional[BackendUnavailable]:
@@ -305,10 +369,12 @@ def run(args: argparse.Namespace) -> int:
     if args.watch and not args.json:
         return _watch(args)
     while True:
-        summaries, asked_damaged, all_ids = collect(args)
-        if args.json:
+        with index.paused_gc():  # (see there) collected after each table, in a --watch loop
+            summaries, asked_damaged, all_ids = collect(args)
+            text = dumps(summaries, indent=1 if sys.stdout.isatty() else None) if args.json else None
+        if text is not None:
             # the C encoder (no indent) is 5x faster on 10,000 runs; indent only for a person reading
-            print(json.dumps(summaries, indent=1 if sys.stdout.isatty() else None, default=str))
+            print(text)
         else:
             from orchestrator.commands.table import width_for
 

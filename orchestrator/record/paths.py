@@ -10,6 +10,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Optional
 
 from orchestrator.errors import UserError
 
@@ -49,9 +50,10 @@ class RunPaths:
         "diagnostics": os.path.join("logs", "train_diagnostics.jsonl"),
     }
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, run_id: Optional[str] = None) -> None:
         self._root = os.fspath(root)
-        self.run_id = os.path.basename(self._root)  # asked for constantly by status
+        # asked for constantly by status; `run_id`: the folder's name when the caller has it (a listing)
+        self.run_id = run_id if run_id is not None else os.path.basename(self._root)
 
     @cached_property
     def root(self) -> Path:

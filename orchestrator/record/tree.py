@@ -10,7 +10,6 @@ command reports, never a run that silently disappears from the listing.
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 import time
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from orchestrator.record.states import State
 def new_run_id(name: str, when: float | None = None) -> str:
     """Readable and unique: `<name>-<YYYYmmdd-HHMMSS>-<4 hex>`."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when or time.time()))
+    import secrets  # here: its imports (random, hashlib) cost `orch status` 7 ms
+
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 
 

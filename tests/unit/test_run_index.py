@@ -64,8 +64,8 @@ def test_indexed_scan_equals_a_full_read_and_reads_only_active_and_damaged(tmp_p
     assert listing(cold.runs, cold.damaged) == full and cold.read == len(runs) + 20
     cold.save()
     shards = list((tmp_path / ".index").iterdir())  # shards holding entries (a missing one is an empty one)
-    assert shards and all(p.name.startswith("runs-") and p.name.endswith(".json") for p in shards)
-    assert sum(len(json.loads(p.read_text())["entries"]) for p in shards) == 6
+    assert shards and all(p.name.startswith("runs-") and p.name.endswith(".idx") for p in shards)
+    assert sum(len(index.read_shard(p)["entries"]) for p in shards) == 6
     warm = index.scan(root)
     assert listing(warm.runs, warm.damaged) == full  # records of indexed runs are read lazily, when asked
     assert warm.read == 1 + 20  # the active run and the damaged folders; the 6 finished runs come from the index
@@ -108,17 +108,18 @@ def test_runs_added_deleted_or_damaged_by_hand_are_seen(tmp_path: Path) -> None:
     assert listing(scan.runs, scan.damaged) == listing(*root.scan())
     scan.save()
     again = index.scan(root)  # the shards no longer name the deleted or damaged run
-    entries = {k for f in (tmp_path / ".index").iterdir() for k in json.loads(f.read_text())["entries"]}
+    entries = {k for f in (tmp_path / ".index").iterdir() for k in index.read_shard(f)["entries"]}
     assert f"done/{gone.run_id}" not in entries and f"done/{broken.run_id}" not in entries
     assert f"done/{added.run_id}" in entries
     assert listing(again.runs, again.damaged) == listing(*root.scan())
 
 
-@pytest.mark.parametrize("damage", ["garbage", "empty", "other-format", "list", "entries-garbage", "deleted", "folder"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "other-format", "list", "entries-garbage", "torn", "old-format",
+                                    "deleted", "folder"])
 def test_a_corrupt_or_deleted_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
     root, runs = tree(tmp_path)
     index.scan(root).save()
-    shards = sorted((tmp_path / ".index").glob("runs-*.json"))
+    shards = sorted((tmp_path / ".index").glob("runs-*.idx"))
     assert shards
     for shard in shards:
         if damage == "garbage":
@@ -130,16 +131,22 @@ def test_a_corrupt_or_deleted_index_is_rebuilt(tmp_path: Path, damage: str) -> N
         elif damage == "list":
             shard.write_text("[1, 2, 3]")
         elif damage == "entries-garbage":  # entries that are not what the index writes, or name wrong states
-            data = json.loads(shard.read_text())
+            data = index.read_shard(shard)
             data["entries"] = {k: (["x"] if i % 2 else v[:4] + ["RUNNING", 1, {}, None])
                                for i, (k, v) in enumerate(data["entries"].items())}
-            shard.write_text(json.dumps(data))
+            shard.write_text(json.dumps(data) + "\n" + "\n" * len(data["entries"]))
+        elif damage == "torn":  # cut short while written by hand or by a tool that is not atomic
+            shard.write_bytes(shard.read_bytes()[:-3])
+        elif damage == "old-format":  # what the previous version wrote: one JSON document
+            data = index.read_shard(shard)
+            shard.unlink()
+            shard.with_suffix(".json").write_text(json.dumps({"format": 1, "entries": data["entries"]}))
     if damage == "deleted":
         shutil.rmtree(tmp_path / ".index")
     elif damage == "folder":
         shutil.rmtree(tmp_path / ".index")
         (tmp_path / ".index").mkdir()
-        (tmp_path / ".index" / "runs-00.json").mkdir()  # a shard that cannot even be replaced
+        (tmp_path / ".index" / "runs-00.idx").mkdir()  # a shard that cannot even be replaced
     scan = index.scan(root)
     assert listing(scan.runs, scan.damaged) == listing(*root.scan())
     assert scan.read == len(runs) + 20 if damage != "folder" else scan.read >= 1 + 20
@@ -148,8 +155,9 @@ def test_a_corrupt_or_deleted_index_is_rebuilt(tmp_path: Path, damage: str) -> N
     assert listing(rebuilt.runs, rebuilt.damaged) == listing(*root.scan())
     if damage != "folder":
         assert rebuilt.read == 1 + 20
-        for shard in (tmp_path / ".index").glob("runs-*.json"):
-            assert json.loads(shard.read_text())["format"] == index.FORMAT
+        assert not list((tmp_path / ".index").glob("runs-*.json"))  # old shards removed
+        for shard in (tmp_path / ".index").glob("runs-*.idx"):
+            assert index.read_shard(shard)["format"] == index.FORMAT
 
 
 def test_a_run_json_changed_within_the_settle_time_is_not_indexed(tmp_path: Path,
@@ -164,13 +172,17 @@ def test_rows_are_kept_per_code_version_and_files_besides_run_json_are_final(tmp
     root, runs = tree(tmp_path)
     scan = index.scan(root, rows="v1")
     for r in scan.runs:
-        scan.keep_row(r, {"state": str(r.state), "step": 100})
+        scan.keep_row(r, {"state": str(r.state)}, json.dumps({"step": 100, "note": "a\tb"}))
+    indexed = next(r for r in scan.runs if r.indexed is not None)
+    with pytest.raises(ValueError):  # a text is one line of the shard
+        scan.keep_row(indexed, {}, "two\nlines")
     scan.save()
     warm = index.scan(root, rows="v1")
     assert sum(warm.row(r) is not None for r in warm.runs) == 6  # the finished ones; the active run has none
     # the heartbeat of a finished run is final: its row stands until its run.json changes
     runs[0].paths.heartbeat.write_text(json.dumps({"time": time.time(), "step": 5}))
-    assert {r.run_id: warm.row(r) for r in index.scan(root, rows="v1").runs}[runs[0].run_id]["step"] == 100
+    value, text = {r.run_id: warm.row(r) for r in index.scan(root, rows="v1").runs}[runs[0].run_id]
+    assert value == {"state": str(runs[0].state)} and json.loads(text) == {"step": 100, "note": "a\tb"}
     other = index.scan(root, rows="v2")  # other code: its rows are not trusted
     assert all(other.row(r) is None for r in other.runs)
     monitor_like = index.scan(root)  # a caller without rows keeps them as they are

@@ -13,14 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from orchestrator.record.atomicio import atomic_write_text
 from orchestrator.record import record
 from orchestrator.record.record import attempt_n
 from orchestrator.record.states import State
 from orchestrator.backends.base import Backend, JobStatus, SubmitGroup, SubmitItem
-from orchestrator.spec.profile import ClusterProfile, load_profile, umask_line
+
+if TYPE_CHECKING:  # the profile module imports pydantic: loaded when a job is rendered, not by `orch status`
+    from orchestrator.spec.profile import ClusterProfile
 
 KILL_WAIT = float(os.environ.get("ORCH_KILL_WAIT", "10"))  # SIGTERM -> SIGKILL grace (Slurm's KillWait)
 
@@ -75,14 +77,22 @@ def render_env_exports(env: dict[str, str]) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
 
 
+def _umask_line(profile: "ClusterProfile") -> list[str]:
+    from orchestrator.spec.profile import umask_line
+
+    return umask_line(profile)
+
+
 class LocalBackend(Backend):
     name = "local"
-    _profile: Optional[ClusterProfile] = None
+    _profile: Optional["ClusterProfile"] = None
 
     @property
-    def profile(self) -> ClusterProfile:
+    def profile(self) -> "ClusterProfile":
         """The cluster profile (read once per backend object): its `umask` goes into job.sh."""
         if self._profile is None:
+            from orchestrator.spec.profile import load_profile
+
             self._profile = load_profile()
         return self._profile
 
@@ -95,7 +105,7 @@ class LocalBackend(Backend):
             f"# orch local job: run {item.run.run_id} ({spec.name})",
             "set -eo pipefail",
             f"cd {q(os.getcwd())}",
-            *umask_line(self.profile),
+            *_umask_line(self.profile),
         ]
         if spec.resources.setup:
             lines.append("# setup lines from the spec (resources.setup)")
