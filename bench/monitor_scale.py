@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.backends.local.submit import make_job_id  # noqa: E402
 from orchestrator.spec.schema import spec_to_yaml  # noqa: E402
-from status_scale import ACTIVE, FINISHED, _write  # noqa: E402  (the same tree generator's pieces)
+from status_scale import ACTIVE, FINISHED, _write, byte_compile  # noqa: E402  (the same tree generator's pieces)
 from trainers.lm.config import LMSpec  # noqa: E402
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "/x/train.py", line 3, in f\n    g()\nKeyError: \'x\'\n'
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="build the trees there (default: the system temp folder; "
                     "/dev/shm builds 100,000 run folders in a minute where a virtual disk takes ten)")
     args = ap.parse_args()
+    byte_compile()
     with tempfile.TemporaryDirectory() as empty:
         base, base_cpu, _ = one_pass(Path(empty))
     print(f"orch monitor --once on an empty tree (start-up): {base:.3f} s wall, {base_cpu:.3f} s CPU; "

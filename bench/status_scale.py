@@ -104,6 +104,14 @@ def timeless(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "heartbeat_age_s"} for r in rows]
 
 
+def byte_compile() -> None:
+    """orch as installed: byte-compiled. With PYTHONDONTWRITEBYTECODE set (as on this machine) every
+    call would otherwise compile the modules changed since their last .pyc: ~30 ms no user pays."""
+    import compileall
+
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "orchestrator"), quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, nargs="+", default=[10000, 100000])
@@ -114,11 +122,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="build the trees there (default: the system temp folder; "
                     "/dev/shm builds 100,000 run folders in a minute where a virtual disk takes ten)")
     args = ap.parse_args()
-    # As installed: byte-compiled (with PYTHONDONTWRITEBYTECODE set, as on this machine, every call
-    # would compile the modules changed since their last .pyc: ~30 ms that no user pays).
-    import compileall
-
-    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "orchestrator"), quiet=1)
+    byte_compile()
     with tempfile.TemporaryDirectory() as empty:
         base, base_cpu, _ = time_status(Path(empty), args.repeat, cold=False)
     print(f"orch status --json on an empty tree (start-up): {base:.3f} s wall, {base_cpu:.3f} s CPU; "

@@ -8,8 +8,9 @@ builtin grammar corpus when it is absent). Sides, interleaved in one run
 (A B C A B C ...) so the load of a shared machine falls on all of them:
 
   plain     nanoGPT's model.py and train.py loop written out here: pre-norm blocks, fused QKV, SDPA
-            causal attention, tied embeddings, fused AdamW (nanoGPT's decay groups), cosine lr, clip 1.0,
-            nanoGPT's get_batch; no logging, one host sync at the end
+            causal attention, tied embeddings, biases as the job's `model.config.bias` (nanoGPT's
+            `bias`), fused AdamW (nanoGPT's decay groups), cosine lr, clip 1.0, nanoGPT's get_batch;
+            no logging, one host sync at the end
   plain[A]  the same loop around the trainer's model for the first `--arch` A (`build_model`; for gpt2,
             transformers' GPT-2): the model's share of any gap
   trainer   the `lm` trainer (`LMTrainer.fit`, Accelerate, diagnostics every log_every steps, heartbeat,
@@ -52,12 +53,12 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 # ------------------------------------------------------------------ nanoGPT, written out
 class Block(nn.Module):
-    def __init__(self, d: int, n_head: int) -> None:
+    def __init__(self, d: int, n_head: int, bias: bool) -> None:
         super().__init__()
         self.n_head = n_head
-        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.c_attn, self.attn_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=bias), nn.LayerNorm(d, bias=bias)
+        self.c_attn, self.attn_proj = nn.Linear(d, 3 * d, bias=bias), nn.Linear(d, d, bias=bias)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=bias), nn.Linear(4 * d, d, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -69,11 +70,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, block: int, n_layer: int, n_head: int, d: int) -> None:
+    def __init__(self, vocab: int, block: int, n_layer: int, n_head: int, d: int, bias: bool = True) -> None:
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(block, d)
-        self.h = nn.ModuleList(Block(d, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(d)
+        self.h = nn.ModuleList(Block(d, n_head, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=bias)
         self.lm_head = nn.Linear(d, vocab, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
         for name, p in self.named_parameters():
@@ -187,7 +188,12 @@ def main() -> int:
     job["checkpoint"] = {"every": 10**9, "keep_last": 1, "keep_best": False, "hf_format": False}
     job["data"] = {"path": str(args.data)} if args.data.exists() else {"builtin": "grammar"}
     job.pop("checks", None)
-    specs = {arch: LMSpec.model_validate({**job, "model": {**job["model"], "arch": arch}}) for arch in args.arch}
+    def model_for(arch: str) -> dict:
+        """The job's model section with `arch`; transformers' GPT-2 has no `bias` switch (always biased)."""
+        config = {k: v for k, v in (job["model"].get("config") or {}).items() if arch == "nanogpt" or k != "bias"}
+        return {**job["model"], "arch": arch, "config": config}
+
+    specs = {arch: LMSpec.model_validate({**job, "model": model_for(arch)}) for arch in args.arch}
     base = specs[args.arch[0]]
     sides = ["plain", f"plain[{args.arch[0]}]"] + [f"trainer[{a}]" for a in args.arch]
     rates: dict[str, list[tuple[float, float]]] = {s: [] for s in sides}
@@ -195,14 +201,16 @@ def main() -> int:
         results = Path(tmp) / "results"
         data = tokenize_to_memmap(base.data, base.tokenizer, REPO, results / ".cache" / "tokens")
         vocab, m = data.tokenizer.vocab_size, base.model
-        print(f"# {m.n_layer} layers x {m.d_model}, {m.n_head} heads, block {m.max_seq_len}, batch "
+        print(f"# {m.n_layer} layers x {m.d_model}, {m.n_head} heads, biases {m.config.get('bias', True)}, "
+              f"block {m.max_seq_len}, batch "
               f"{base.train.batch_size}, vocab {vocab}; {args.steps} steps each, timed from step {args.warmup}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
         for rep in range(args.repeats):
             for side in sides:
                 torch.manual_seed(base.seed)
                 if side == "plain":
-                    model = GPT(vocab, m.max_seq_len, m.n_layer, m.n_head, m.d_model)
+                    # nanoGPT's `bias` as the job's model.config sets it (the same network as the trainer's)
+                    model = GPT(vocab, m.max_seq_len, m.n_layer, m.n_head, m.d_model, bool(m.config.get("bias", True)))
                     r = plain_loop(model, base, data.train, args.steps, args.warmup)
                 elif side.startswith("plain["):
                     from trainers.lm.models import build_model

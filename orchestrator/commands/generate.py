@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from orchestrator.commands.argtypes import checked
 from orchestrator.errors import UserError
@@ -24,6 +25,16 @@ from orchestrator.record.tree import ResultsRoot
 MAX_NEW_TOKENS = 100_000
 
 
+# One checked type per generation setting: the options below and the interactive `params KEY=VALUE`.
+SETTINGS: dict[str, Callable[[str], Any]] = {
+    "max_new_tokens": checked(int, lambda v: 1 <= v <= MAX_NEW_TOKENS, f"an integer from 1 to {MAX_NEW_TOKENS:,}"),
+    "temperature": checked(float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_k": checked(int, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "top_p": checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "seed": checked(int, lambda v: 0 <= v < 2**63, "an integer >= 0"),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run id (or unique prefix), or a run folder")
     which = p.add_mutually_exclusive_group()
@@ -31,16 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--best", action="store_true", help="the best checkpoint (by checkpoint.metric)")
     which.add_argument("--last", action="store_true", help="the newest complete checkpoint (the default)")
     p.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more prompts")
-    p.add_argument("--max-new-tokens", type=checked(int, lambda v: 1 <= v <= MAX_NEW_TOKENS,
-                                                    f"an integer from 1 to {MAX_NEW_TOKENS:,}"),
-                   default=200, metavar="N", help=f"tokens to generate per prompt, 1 to {MAX_NEW_TOKENS:,} (default 200)")
-    p.add_argument("--temperature", type=checked(float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
-                   default=0.8, metavar="T", help="sampling temperature > 0, or 0 = greedy (deterministic); default 0.8")
-    p.add_argument("--top-k", type=checked(int, lambda v: v >= 0, "an integer >= 0 (0 = off)"), default=200,
+    p.add_argument("--max-new-tokens", type=SETTINGS["max_new_tokens"], default=200, metavar="N", help=f"tokens to generate per prompt, 1 to {MAX_NEW_TOKENS:,} (default 200)")
+    p.add_argument("--temperature", type=SETTINGS["temperature"], default=0.8, metavar="T", help="sampling temperature > 0, or 0 = greedy (deterministic); default 0.8")
+    p.add_argument("--top-k", type=SETTINGS["top_k"], default=200,
                    metavar="K", help="sample among the K most likely tokens; 0 = off (default 200)")
-    p.add_argument("--top-p", type=checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=None,
+    p.add_argument("--top-p", type=SETTINGS["top_p"], default=None,
                    metavar="P", help="nucleus sampling: the smallest set of tokens with probability >= P, in (0, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SETTINGS["seed"], default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of plain text")
     p.add_argument("--interactive", "-i", action="store_true",
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     editor = LineEditor(">>> ", history_file()) if args.interactive and sys.stdin.isatty() else None
     try:
         session = InteractiveSession(source, editor or sys.stdin, sys.stdout if args.interactive else sys.stderr,
-                                     settings, step=which, prompt_marker="" if editor else ">>> ")
+                                     settings, step=which, prompt_marker="" if editor else ">>> ", checks=SETTINGS)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc), hint=f"`orch generate {args.run} -i` then `checkpoints` lists them") from None
     for i, prompt in enumerate(args.prompt):

@@ -111,6 +111,24 @@ def test_bad_settings_are_rejected():
         settings.update("beam_width", "4")
 
 
+def test_interactive_params_are_range_checked_as_the_options_are(tmp_path: Path):
+    """`params top_p=2` in `orch generate -i` is refused as `--top-p 2` is, and the session goes on."""
+    from orchestrator.commands.generate import SETTINGS
+
+    _save_run(tmp_path)
+    script = "params top_p=2\nparams temperature=-1\nparams max_new_tokens=0\nparams top_k=0 top_p=0.9\nparams\nquit"
+    out = io.StringIO()
+    session = InteractiveSession(RunCheckpoints(tmp_path), io.StringIO(script + "\n"), out, GenerationSettings(),
+                                 checks=SETTINGS)
+    assert session.run() == 0
+    text = out.getvalue()
+    assert "error: top_p: expected a number in (0, 1], got 2" in text
+    assert "error: temperature: expected a number >= 0 (0 = greedy), got -1" in text
+    assert "error: max_new_tokens: expected an integer from 1 to 100,000, got 0" in text
+    assert session.settings.top_k is None and session.settings.top_p == 0.9  # top_k=0 is off, as --top-k 0
+    assert session.settings.temperature == 0.8 and session.settings.max_new_tokens == 200  # refused: unchanged
+
+
 def test_orch_generate_command_prints_greedy_completions(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from orchestrator.cli import main
 

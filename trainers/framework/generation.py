@@ -252,16 +252,21 @@ class GenerationSettings:
     top_p: float | None = None
     seed: int = 0
 
-    def update(self, key: str, value: str) -> None:
-        """Set one setting from text ("none" clears top_k/top_p)."""
+    def update(self, key: str, value: str, parse: Callable[[str], Any] | None = None) -> None:
+        """Set one setting from text ("none" or "off" clears top_k/top_p, as top_k=0 does); `parse`: the
+        caller's checked conversion (its range), else the setting's type."""
         types = {f.name: f.type for f in fields(self)}
         if key not in types:
             raise ValueError(f"unknown setting {key!r}; settings: {', '.join(types)}")
         if value.lower() in ("none", "off") and key in ("top_k", "top_p"):
             setattr(self, key, None)
             return
-        cast: Callable[[str], Any] = float if key in ("temperature", "top_p") else int
-        setattr(self, key, cast(value))
+        cast: Callable[[str], Any] = parse or (float if key in ("temperature", "top_p") else int)
+        try:
+            parsed = cast(value)
+        except Exception as exc:  # the caller's checker says what it expected (argparse's ArgumentTypeError)
+            raise ValueError(f"{key}: {exc}") from None
+        setattr(self, key, None if key == "top_k" and parsed == 0 else parsed)
 
 
 HELP = """commands:
@@ -285,12 +290,14 @@ class InteractiveSession:
         settings: GenerationSettings | None = None,
         step: int | str | None = "last",
         prompt_marker: str = ">>> ",
+        checks: dict[str, Callable[[str], Any]] | None = None,
     ):
         self.source = source
         self.stdin = stdin
         self.stdout = stdout
         self.settings = settings or GenerationSettings()
         self.prompt_marker = prompt_marker
+        self.checks = checks or {}  # setting -> its checked conversion (`orch generate`'s option types)
         self.model: Any = None
         self.tokenizer: Any = None
         self.step: int | None = None
@@ -334,7 +341,7 @@ class InteractiveSession:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"expected KEY=VALUE, got {item!r}")
-            self.settings.update(key.strip(), value.strip())
+            self.settings.update(key.strip(), value.strip(), self.checks.get(key.strip()))
         if self.model is not None:
             from trainers.lm.models import param_counts
 
