@@ -65,6 +65,9 @@ bench: install
 	$(BIN)/python bench/gpu_check.py --out results/gpu_check.json
 	$(BIN)/python bench/report_scale.py
 	$(BIN)/python bench/plan_accuracy.py
+	$(BIN)/python bench/step_speed.py --arch nanogpt gpt2 --repeats 3
+	$(BIN)/python bench/tokenize_scale.py --sizes-mb 100 500
+	$(BIN)/python bench/shakespeare_reference.py --seeds 1337 1
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
