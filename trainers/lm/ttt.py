@@ -328,17 +328,8 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
+    # get/set_input_embeddings (`self.model.embed_tokens`) and get/set_output_embeddings (`self.lm_head`):
+    # transformers' EmbeddingAccessMixin defaults, which find both where they are here.
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
                                       **kwargs: Any) -> dict[str, Any]:
