@@ -305,8 +305,8 @@ def dumps(summaries: list[Any], indent: Optional[int] = None) -> str:
     parts = []
     for s in summaries:
         if type(s) is KeptSummary:
-            beat = s.value[0]
-            age = "null" if beat is None else float.__repr__(max(0.0, s.now - beat))
+            seconds = s.age()
+            age = "null" if seconds is None else float.__repr__(seconds)
             parts.append(f'{s.text[:-1]}, "run_dir": {encode_basestring_ascii(s.run_dir)}, "heartbeat_age_s": {age}}}')
         else:
             parts.append(json.dumps(s, default=str))
