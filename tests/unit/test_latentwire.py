@@ -66,10 +66,14 @@ def base_spec(data_path: Path, **over: Any) -> dict[str, Any]:
 
 
 def make_trainer(tmp_path: Path, **over: Any) -> Any:
+    return set_up(tmp_path, LatentWireSpec.model_validate(base_spec(squad_file(tmp_path / "squad.json"), **over)))
+
+
+def set_up(tmp_path: Path, spec: LatentWireSpec) -> Any:
+    """A LatentWireTrainer for `spec` in a new run folder under tmp_path/results, set up (models loaded)."""
     from trainers.framework.base import TrainerContext
     from trainers.latentwire.trainer import LatentWireTrainer
 
-    spec = LatentWireSpec.model_validate(base_spec(squad_file(tmp_path / "squad.json"), **over))
     run = ResultsRoot(tmp_path / "results").create_run(spec.name, {"backend": "local"})
     run.paths.spec.write_text(spec_to_yaml(spec))
     trainer = LatentWireTrainer(TrainerContext(run.paths.root, spec))

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.record.tree import ResultsRoot
-from orchestrator.spec.schema import spec_to_yaml
 from trainers.framework.generation import decode_answer, stop_token_ids
 from trainers.latentwire.config import LatentWireSpec
+from test_latentwire import set_up  # the same run folder and setup as the other LatentWire unit tests
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
             "<|eot_id|>"]
@@ -87,9 +86,6 @@ def paris_squad(path: Path) -> Path:
 
 
 def _trainer(tmp_path: Path, decoder: Path, **model: Any) -> Any:
-    from trainers.framework.base import TrainerContext
-    from trainers.latentwire.trainer import LatentWireTrainer
-
     spec = LatentWireSpec.model_validate({
         "name": "lw-stops", "trainer": "latentwire", "seed": 1,
         "model": {"decoder": str(decoder), "latent_len": 4, "encoder_layers": 1, "encoder_heads": 2,
@@ -97,11 +93,7 @@ def _trainer(tmp_path: Path, decoder: Path, **model: Any) -> Any:
         "data": {"path": str(paris_squad(tmp_path / "squad.json")), "val_fraction": 0.3},
         "train": {"max_steps": 1, "batch_size": 4, "device": "cpu"},
         "eval": {"batch_size": 4, "max_new_tokens": 6}, "resources": {"cpus_per_task": 1}})
-    run = ResultsRoot(tmp_path / "results").create_run(spec.name, {"backend": "local"})
-    run.paths.spec.write_text(spec_to_yaml(spec))
-    trainer = LatentWireTrainer(TrainerContext(run.paths.root, spec))
-    trainer.setup()
-    return trainer
+    return set_up(tmp_path, spec)
 
 
 @pytest.fixture(scope="module")
