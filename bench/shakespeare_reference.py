@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -35,59 +37,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from step_speed import GPT, JOB, SHAKESPEARE, plain_loop  # noqa: E402
+from step_speed import GPT, JOB, SHAKESPEARE, plain_loop  # noqa: E402  (nanoGPT written out)
 from trainers.lm.config import LMSpec  # noqa: E402
-from trainers.lm.data import tokenize_to_memmap  # noqa: E402
+from trainers.lm.data import _gather_blocks, tokenize_to_memmap  # noqa: E402
+from trainers.lm.diagnostics import estimate_loss  # noqa: E402
 
 
-class Logits(torch.nn.Module):
-    """Any of the sides as logits = f(idx)."""
+class AsCausalLM(torch.nn.Module):
+    """nanoGPT's model behind transformers' call, `model(input_ids=x).logits`, as the trainer's evaluation calls it."""
 
-    def __init__(self, model: torch.nn.Module, plain: bool) -> None:
+    def __init__(self, gpt: GPT) -> None:
         super().__init__()
-        self.model, self.plain = model, plain
+        self.gpt = gpt
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        if not self.plain:
-            return self.model(input_ids=idx).logits
-        m = self.model
-        x = m.wte(idx) + m.wpe(torch.arange(idx.size(1)))
-        for block in m.h:
-            x = block(x)
-        return m.lm_head(m.ln_f(x))
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.gpt.logits(input_ids))
 
 
 @torch.no_grad()
-def full_val_loss(model: Logits, val: np.ndarray, block: int) -> float:
+def full_val_loss(model: torch.nn.Module, val: np.ndarray, block: int) -> float:
     """Mean next-token loss over every non-overlapping `block`-token window of the validation split."""
-    starts = np.arange(0, len(val) - block - 1, block)
+    starts = torch.arange(0, len(val) - block - 1, block)
     total, n = 0.0, 0
     for i in range(0, len(starts), 256):
-        s = starts[i : i + 256]
-        x = torch.from_numpy(np.stack([val[j : j + block] for j in s]).astype(np.int64))
-        y = torch.from_numpy(np.stack([val[j + 1 : j + 1 + block] for j in s]).astype(np.int64))
-        logits = model(x)
+        x, y = _gather_blocks(val, starts[i : i + 256], block)
+        logits = model(input_ids=x).logits
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         n += y.numel()
     return total / n
 
 
-@torch.no_grad()
-def nanogpt_estimates(model: Logits, val: np.ndarray, block: int, batch: int, iters: int = 20,
+def nanogpt_estimates(model: torch.nn.Module, val: np.ndarray, block: int, batch: int, iters: int = 20,
                       draws: int = 200, seed: int = 0) -> list[float]:
     """What nanoGPT's `estimate_loss` prints for the val split, `draws` times (random batches each time)."""
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(draws):
-        losses = []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(iters):
-            ix = torch.randint(len(val) - block, (batch,), generator=gen).tolist()
-            x = torch.from_numpy(np.stack([val[i : i + block] for i in ix]).astype(np.int64))
-            y = torch.from_numpy(np.stack([val[i + 1 : i + 1 + block] for i in ix]).astype(np.int64))
-            logits = model(x)
-            losses.append(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item())
-        out.append(sum(losses) / len(losses))
-    return out
+            yield _gather_blocks(val, torch.randint(len(val) - block, (batch,), generator=gen), block)
+
+    with torch.no_grad():
+        return [estimate_loss(model, batches()) for _ in range(draws)]
 
 
 def orch_run(results: Path, data: Path, seed: int, threads: int) -> Path:
@@ -133,7 +123,7 @@ def main() -> int:
             gpt = GPT(vocab, m.max_seq_len, m.n_layer, m.n_head, m.d_model, bool(m.config.get("bias", True)))
             plain_loop(gpt, spec.model_copy(update={"seed": seed}), data.train, t.max_steps, 0)
             orch_model = AutoModelForCausalLM.from_pretrained(orch_run(results, args.data.resolve(), seed, args.threads))
-            for side, model in (("nanoGPT", Logits(gpt.eval(), True)), ("orch", Logits(orch_model.eval(), False))):
+            for side, model in (("nanoGPT", AsCausalLM(gpt).eval()), ("orch", orch_model.eval())):
                 full = full_val_loss(model, val, m.max_seq_len)
                 est = nanogpt_estimates(model, val, m.max_seq_len, t.batch_size)
                 rows.append({"seed": seed, "side": side, "full_val_loss": round(full, 4),
